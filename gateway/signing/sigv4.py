@@ -1,0 +1,347 @@
+"""AWS Signature Version 4: header form and presigned-URL (query) form, non-S3 rules.
+
+Canonical request (AWS SigV4 spec, the public test suite in shared/vectors/sigv4)::
+
+    METHOD \\n CanonicalURI \\n CanonicalQuery \\n CanonicalHeaders \\n SignedHeaders \\n HashedPayload
+
+The path is normalised (dot segments removed, ``//`` collapsed) and its already
+percent-encoded form encoded once more; the query is decoded and re-encoded
+(``A-Za-z0-9-_.~`` bare, ``+`` is a literal plus, pairs sorted by key then value);
+header values are trimmed with inner runs of spaces collapsed, repeats joined by
+``,`` in arrival order. Nothing here needs the secret until ``verify``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import hmac
+from dataclasses import dataclass
+from functools import lru_cache
+from urllib.parse import quote_from_bytes, unquote_to_bytes
+
+from ..errors import SignatureError
+from .message import Body, Policy, Request, Verified
+
+__all__ = [
+    "ALGORITHM",
+    "QUERY_AUTH_PARAMS",
+    "SigV4Auth",
+    "canonical_query",
+    "canonical_uri",
+    "parse_header_auth",
+    "parse_query_auth",
+    "signing_key",
+]
+
+ALGORITHM = "AWS4-HMAC-SHA256"
+UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
+TERMINATOR = "aws4_request"
+MAX_PRESIGN_EXPIRES = 604800  # 7 days: the protocol's own ceiling
+QUERY_AUTH_PARAMS = ("X-Amz-Algorithm", "X-Amz-Credential", "X-Amz-Date", "X-Amz-Expires",
+                     "X-Amz-SignedHeaders", "X-Amz-Signature")
+_HEX = frozenset("0123456789abcdef")
+_DIGITS = frozenset("0123456789")
+_HEADER_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789!#$%&'*+-.^_`|~")
+_KEY_ID_CHARS = frozenset(chr(c) for c in range(0x21, 0x7F)) - {"/"}
+
+
+def _bad(message: str) -> SignatureError:
+    return SignatureError("malformed_auth", message)
+
+
+def _utf8(text: str) -> bytes:
+    # aiohttp hands over undecodable bytes as surrogate escapes: give them back as they came
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError as exc:
+        raise _bad("the request contains characters that cannot be encoded") from exc
+
+
+def canonical_uri(path: str) -> str:
+    """Non-S3 canonical URI: remove dot segments, collapse ``//``, encode the
+    (already encoded) path once more with only ``/`` and unreserved characters bare."""
+    segments = [s for s in path.split("/") if s and s != "."]
+    out: list[str] = []
+    for segment in segments:
+        if segment == "..":
+            if out:
+                out.pop()
+        else:
+            out.append(segment)
+    normalized = "/" + "/".join(out)
+    if out and path.endswith("/"):
+        normalized += "/"
+    return quote_from_bytes(_utf8(normalized), safe="/~")
+
+
+def _encode_component(raw: str) -> str:
+    return quote_from_bytes(unquote_to_bytes(_utf8(raw)), safe="-_.~")
+
+
+def canonical_query(query: str | None, *, presigned: bool = False) -> str:
+    """Decode and re-encode every ``key=value`` pair, sort by key then value.
+    ``k`` alone becomes ``k=``; empty pieces (``a&&b``) carry nothing and are skipped.
+    For a presigned URL the ``X-Amz-Signature`` parameter is left out."""
+    if not query:
+        return ""
+    pairs = []
+    for piece in query.split("&"):
+        if not piece:
+            continue
+        key, _, value = piece.partition("=")
+        if presigned and key == "X-Amz-Signature":
+            continue
+        pairs.append((_encode_component(key), _encode_component(value)))
+    pairs.sort()
+    return "&".join(f"{k}={v}" for k, v in pairs)
+
+
+@lru_cache(maxsize=4096)
+def signing_key(secret: bytes, date: str, region: str, service: str) -> bytes:
+    """The HMAC chain ``"AWS4"+secret → date → region → service → "aws4_request"``.
+    It depends only on its arguments, so it is cached (per key and day)."""
+    k = hmac.new(b"AWS4" + secret, date.encode(), hashlib.sha256).digest()
+    k = hmac.new(k, region.encode(), hashlib.sha256).digest()
+    k = hmac.new(k, service.encode(), hashlib.sha256).digest()
+    return hmac.new(k, TERMINATOR.encode(), hashlib.sha256).digest()
+
+
+def _parse_amz_date(text: str) -> int:
+    # YYYYMMDDTHHMMSSZ, by slicing (never strptime: DESIGN §7)
+    if len(text) != 16 or text[8] != "T" or text[15] != "Z" or not (
+            set(text[:8]) <= _DIGITS and set(text[9:15]) <= _DIGITS):
+        raise _bad("X-Amz-Date must look like 20150830T123600Z")
+    try:
+        moment = _dt.datetime(int(text[0:4]), int(text[4:6]), int(text[6:8]), int(text[9:11]),
+                              int(text[11:13]), int(text[13:15]), tzinfo=_dt.timezone.utc)
+    except ValueError as exc:
+        raise _bad("X-Amz-Date is not a valid date and time") from exc
+    return int(moment.timestamp())
+
+
+@dataclass(frozen=True, slots=True)
+class SigV4Auth:
+    """A parsed SigV4 signature, checked against policy and the clock; not yet verified."""
+
+    request: Request
+    key_id: str
+    amz_date: str
+    region: str
+    service: str
+    signed_headers: tuple[str, ...]
+    signature: str
+    signed_at: int
+    expires_at: int
+    presigned: bool
+    declared_payload: str | None  # x-amz-content-sha256 as sent; None: hash the body
+
+    @property
+    def scheme(self) -> str:
+        return "sigv4-query" if self.presigned else "sigv4"
+
+    @property
+    def scope(self) -> str:
+        return f"{self.amz_date[:8]}/{self.region}/{self.service}/{TERMINATOR}"
+
+    def canonical_request(self, body: Body) -> str:
+        req = self.request
+        lines = [req.method, canonical_uri(req.path),
+                 canonical_query(req.query, presigned=self.presigned)]
+        for name in self.signed_headers:
+            if name == "host":
+                values = [req.host() or ""]
+            else:
+                values = req.header_values(name)
+            lines.append(name + ":" + ",".join(" ".join(v.split()) for v in values))
+        lines.append("")
+        lines.append(";".join(self.signed_headers))
+        lines.append(self.declared_payload or body.sha256().hex())
+        return "\n".join(lines)
+
+    def string_to_sign(self, body: Body) -> str:
+        creq = hashlib.sha256(_utf8(self.canonical_request(body))).hexdigest()
+        return f"{ALGORITHM}\n{self.amz_date}\n{self.scope}\n{creq}"
+
+    def verify(self, secret: bytes, body: Body) -> Verified:
+        """Check the MAC with ``secret`` and the body against what was signed."""
+        key = signing_key(secret, self.amz_date[:8], self.region, self.service)
+        expected = hmac.new(key, self.string_to_sign(body).encode("ascii"), hashlib.sha256)
+        if not hmac.compare_digest(expected.hexdigest().encode("ascii"),
+                                   self.signature.encode("ascii")):
+            raise SignatureError("signature_invalid", "the signature does not match the request")
+        declared = self.declared_payload
+        body_signed = declared != UNSIGNED_PAYLOAD
+        if declared is not None and body_signed and not hmac.compare_digest(
+                declared.encode("ascii"), body.sha256().hex().encode("ascii")):
+            raise SignatureError("signature_invalid",
+                                 "the body does not match x-amz-content-sha256")
+        components = ("@method", "@path", "@query", *self.signed_headers)
+        token = hashlib.sha256(b"\0".join((self.scheme.encode(), self.key_id.encode(),
+                                           self.signature.encode()))).digest()[:16]
+        return Verified(
+            key_id=self.key_id,
+            scheme=self.scheme,
+            components=components + (("@body",) if body_signed else ()),
+            signed_at=self.signed_at,
+            expires_at=self.expires_at,
+            replay_token=token,
+            body_signed=body_signed,
+        )
+
+
+def _credential(value: str, amz_date: str, policy: Policy) -> tuple[str, str, str]:
+    parts = value.split("/")
+    if len(parts) != 5:
+        raise _bad("Credential must be KEYID/YYYYMMDD/region/service/aws4_request")
+    key_id, date, region, service, terminator = parts
+    if not key_id or not set(key_id) <= _KEY_ID_CHARS:
+        raise _bad("the access key ID in Credential is empty or has illegal characters")
+    if terminator != TERMINATOR:
+        raise _bad("the credential scope must end with aws4_request")
+    if date != amz_date[:8]:
+        raise _bad("the credential scope date does not match X-Amz-Date")
+    if region not in policy.sigv4_regions:
+        raise SignatureError("signature_invalid",
+                             f"the credential scope region {region!r} is not accepted here")
+    if service != policy.sigv4_service:
+        raise SignatureError("signature_invalid",
+                             f"the credential scope service {service!r} is not accepted here")
+    return key_id, region, service
+
+
+def _signed_headers(value: str, request: Request, *, header_auth: bool) -> tuple[str, ...]:
+    names = tuple(value.split(";"))
+    if not value or any(not n or not set(n) <= _HEADER_NAME_CHARS for n in names):
+        raise _bad("SignedHeaders must be lower-case header names separated by ';'")
+    if list(names) != sorted(set(names)):
+        raise _bad("SignedHeaders must be sorted and without repeats")
+    signed = set(names)
+    required = {"host", "x-amz-date"} if header_auth else {"host"}
+    missing = sorted(required - signed)
+    if missing:
+        raise SignatureError("signature_invalid",
+                             f"the signature must cover the {missing[0]} header")
+    for name in request.header_names():
+        if name.startswith("x-amz-") and name != "x-amz-content-sha256" and name not in signed:
+            raise SignatureError("signature_invalid",
+                                 f"the {name} header is present but not signed")
+    for name in names:
+        if name == "host":
+            if request.host() is None:
+                raise _bad("the signed host header is absent")
+            request.single_header("host")
+        elif not request.has_header(name):
+            raise _bad(f"the signed header {name} is absent")
+    return names
+
+
+def _declared_payload(request: Request, policy: Policy) -> str | None:
+    encoding = ",".join(request.header_values("content-encoding")).lower()
+    if "aws-chunked" in encoding:
+        raise SignatureError("unsupported_payload", "aws-chunked bodies are not accepted")
+    declared = request.single_header("x-amz-content-sha256")
+    if declared is None:
+        return None
+    if declared.startswith("STREAMING-"):
+        raise SignatureError("unsupported_payload",
+                             "streaming (chunk-signed) payloads are not accepted")
+    if declared == UNSIGNED_PAYLOAD:
+        if not policy.allow_unsigned_payload:
+            raise SignatureError("unsupported_payload",
+                                 "this route does not accept UNSIGNED-PAYLOAD")
+        return declared
+    if len(declared) != 64 or not set(declared) <= _HEX:
+        raise _bad("x-amz-content-sha256 must be 64 lower-case hex digits or UNSIGNED-PAYLOAD")
+    return declared
+
+
+def _check_signature_hex(value: str) -> str:
+    if len(value) != 64 or not set(value) <= _HEX:
+        raise _bad("the signature must be 64 lower-case hex digits")
+    return value
+
+
+def parse_header_auth(request: Request, authorization: str, policy: Policy,
+                      now: float) -> SigV4Auth:
+    """Parse ``Authorization: AWS4-HMAC-SHA256 Credential=..., SignedHeaders=..., Signature=...``."""
+    algorithm, _, rest = authorization.partition(" ")
+    if algorithm != ALGORITHM:
+        raise _bad(f"unsupported algorithm (only {ALGORITHM} is accepted)")
+    fields: dict[str, str] = {}
+    for part in rest.split(","):
+        name, eq, value = part.strip().partition("=")
+        if not eq or name not in ("Credential", "SignedHeaders", "Signature"):
+            raise _bad("the Authorization header must hold Credential, SignedHeaders "
+                       "and Signature, each once")
+        if name in fields:
+            raise _bad(f"{name} appears more than once in the Authorization header")
+        fields[name] = value
+    if len(fields) != 3:
+        raise _bad("the Authorization header must hold Credential, SignedHeaders and Signature")
+    amz_date = request.single_header("x-amz-date")
+    if amz_date is None:
+        raise _bad("the X-Amz-Date header is required")
+    signed_at = _parse_amz_date(amz_date)
+    key_id, region, service = _credential(fields["Credential"], amz_date, policy)
+    signed_headers = _signed_headers(fields["SignedHeaders"], request, header_auth=True)
+    signature = _check_signature_hex(fields["Signature"])
+    if abs(now - signed_at) > policy.clock_skew:
+        raise SignatureError("request_expired", "X-Amz-Date is outside the allowed clock window")
+    return SigV4Auth(
+        request=request, key_id=key_id, amz_date=amz_date, region=region, service=service,
+        signed_headers=signed_headers, signature=signature, signed_at=signed_at,
+        expires_at=signed_at + int(policy.clock_skew), presigned=False,
+        declared_payload=_declared_payload(request, policy),
+    )
+
+
+def query_auth_params(query: str | None) -> dict[str, list[str]]:
+    """The ``X-Amz-*`` authentication parameters of a raw query, percent-decoded,
+    each with every value it was given (so repeats can be refused)."""
+    found: dict[str, list[str]] = {}
+    if not query or "X-Amz-" not in query:
+        return found
+    for piece in query.split("&"):
+        key, _, value = piece.partition("=")
+        if key in QUERY_AUTH_PARAMS:
+            decoded = unquote_to_bytes(_utf8(value)).decode("utf-8", "replace")
+            found.setdefault(key, []).append(decoded)
+    return found
+
+
+def parse_query_auth(request: Request, params: dict[str, list[str]], policy: Policy,
+                     now: float) -> SigV4Auth:
+    """Parse a presigned URL's ``X-Amz-*`` parameters (DESIGN §2.1 "Presigned URLs")."""
+    for name, values in params.items():
+        if len(values) > 1:
+            raise SignatureError("ambiguous_auth", f"the {name} parameter appears more than once")
+    missing = [n for n in QUERY_AUTH_PARAMS if n not in params]
+    if missing:
+        raise _bad(f"the presigned URL lacks {', '.join(missing)}")
+    one = {name: values[0] for name, values in params.items()}
+    if one["X-Amz-Algorithm"] != ALGORITHM:
+        raise _bad(f"unsupported algorithm (only {ALGORITHM} is accepted)")
+    if request.method not in policy.presigned_methods:
+        raise _bad(f"presigned URLs are not accepted for {request.method[:16]} on this route")
+    amz_date = one["X-Amz-Date"]
+    signed_at = _parse_amz_date(amz_date)
+    key_id, region, service = _credential(one["X-Amz-Credential"], amz_date, policy)
+    signed_headers = _signed_headers(one["X-Amz-SignedHeaders"], request, header_auth=False)
+    signature = _check_signature_hex(one["X-Amz-Signature"])
+    expires_text = one["X-Amz-Expires"]
+    if not expires_text or len(expires_text) > 6 or not set(expires_text) <= _DIGITS:
+        raise _bad("X-Amz-Expires must be a number of seconds")
+    expires = int(expires_text)
+    if not 1 <= expires <= MAX_PRESIGN_EXPIRES:
+        raise _bad("X-Amz-Expires must be between 1 and 604800 seconds")
+    if expires > policy.max_presign_expires:
+        raise _bad(f"X-Amz-Expires may be at most {int(policy.max_presign_expires)} seconds here")
+    if not signed_at - policy.clock_skew <= now <= signed_at + expires:
+        raise SignatureError("request_expired", "the presigned URL is not valid at this time")
+    return SigV4Auth(
+        request=request, key_id=key_id, amz_date=amz_date, region=region, service=service,
+        signed_headers=signed_headers, signature=signature, signed_at=signed_at,
+        expires_at=signed_at + expires, presigned=True,
+        declared_payload=_declared_payload(request, policy),
+    )
