@@ -157,13 +157,17 @@ class RFC9421Auth:
         if not checked:
             raise _bad("Content-Digest must carry sha-256 or sha-512")
 
-    def verify(self, secret: bytes, body: Body) -> Verified:
-        """Check coverage policy, the MAC with ``secret``, then the body digest."""
-        self.check_coverage(body)
+    def verify_mac(self, secret: bytes) -> None:
+        """The cryptographic check alone (RFC 9421 §3.2), without the coverage policy."""
         base = self.signature_base().encode("utf-8", "surrogateescape")
         expected = hmac.new(secret, base, hashlib.sha256).digest()
         if not hmac.compare_digest(expected, self.signature):
             raise SignatureError("signature_invalid", "the signature does not match the request")
+
+    def verify(self, secret: bytes, body: Body) -> Verified:
+        """Check coverage policy, the MAC with ``secret``, then the body digest."""
+        self.check_coverage(body)
+        self.verify_mac(secret)
         if "content-digest" in self.covered:
             self.check_content_digest(body)
         if self.nonce is not None:
