@@ -14,7 +14,17 @@ from dataclasses import dataclass, field
 from ..config import AuthConfig, RouteConfig
 from ..errors import SignatureError
 
-__all__ = ["Body", "Policy", "Request", "Verified"]
+__all__ = ["Body", "Policy", "Request", "Verified", "utf8"]
+
+
+def utf8(text: str) -> bytes:
+    """Text as the bytes that came off the wire (aiohttp hands undecodable bytes
+    over as surrogate escapes); anything else unencodable is malformed."""
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError as exc:
+        raise SignatureError("malformed_auth",
+                             "the request contains characters that cannot be encoded") from exc
 
 
 @dataclass(frozen=True, slots=True)

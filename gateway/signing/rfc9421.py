@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from urllib.parse import parse_qsl, quote, unquote
 
 from ..errors import SignatureError
-from .message import Body, Policy, Request, Verified
+from .message import Body, Policy, Request, Verified, utf8
 from .sfv import InnerList, Item, SFVError, Token, parse_dictionary, serialize_inner_list, \
     serialize_item
 
@@ -61,11 +61,12 @@ def _authority(request: Request) -> str:
 
 def _query_param(request: Request, encoded_name: str) -> str:
     # RFC 9421 §2.2.8: form-decode the query, re-encode the one value
-    name = unquote(encoded_name)
-    values = [v for k, v in parse_qsl(request.query or "", keep_blank_values=True) if k == name]
+    name = unquote(encoded_name, errors="surrogateescape")
+    pairs = parse_qsl(request.query or "", keep_blank_values=True, errors="surrogateescape")
+    values = [v for k, v in pairs if k == name]
     if len(values) != 1:
-        raise _bad(f"@query-param {encoded_name!r} must appear exactly once in the query")
-    return quote(values[0], safe="*").replace("~", "%7E")
+        raise _bad(f"@query-param {encoded_name[:32]!r} must appear exactly once in the query")
+    return quote(utf8(values[0]), safe="*").replace("~", "%7E")
 
 
 def _component_value(request: Request, component: Item) -> str:
@@ -159,7 +160,7 @@ class RFC9421Auth:
 
     def verify_mac(self, secret: bytes) -> None:
         """The cryptographic check alone (RFC 9421 §3.2), without the coverage policy."""
-        base = self.signature_base().encode("utf-8", "surrogateescape")
+        base = utf8(self.signature_base())
         expected = hmac.new(secret, base, hashlib.sha256).digest()
         if not hmac.compare_digest(expected, self.signature):
             raise SignatureError("signature_invalid", "the signature does not match the request")

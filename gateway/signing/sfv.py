@@ -14,7 +14,7 @@ import base64
 import binascii
 from dataclasses import dataclass
 
-__all__ = ["Item", "InnerList", "SFVError", "Token", "parse_dictionary", "serialize_inner_list",
+__all__ = ["Item", "InnerList", "SFVError", "Token", "parse_dictionary", "parse_item", "serialize_inner_list",
            "serialize_item"]
 
 Params = tuple[tuple[str, object], ...]
@@ -225,6 +225,15 @@ def parse_dictionary(text: str) -> dict[str, Item | InnerList]:
         p.skip_ows()
         if not p.peek():
             raise p.fail("trailing comma")
+
+
+def parse_item(text: str) -> Item:
+    """Parse an RFC 8941 Item with its parameters (§4.2.3), e.g. ``"@query-param";name="a"``."""
+    p = _Parser(text)
+    item = Item(p.bare_item(), p.params())
+    if p.peek():
+        raise p.fail("unexpected characters after the item")
+    return item
 
 
 def _serialize_bare(value: object) -> str:

@@ -14,9 +14,9 @@ import time
 from collections.abc import Iterable, Sequence
 from urllib.parse import quote
 
-from .message import Body, Policy, Request
+from .message import Body, Policy, Request, utf8
 from .rfc9421 import RFC9421Auth
-from .sfv import InnerList, Item, serialize_inner_list
+from .sfv import InnerList, Item, parse_item, serialize_inner_list
 from .sigv4 import ALGORITHM, UNSIGNED_PAYLOAD, SigV4Auth, signing_key
 
 __all__ = ["default_components", "presign_sigv4", "sign_rfc9421", "sign_sigv4"]
@@ -109,13 +109,14 @@ def sign_rfc9421(method: str, target: str, host: str, headers: Headers, body: by
     if nonce is not None:
         params.append(("nonce", nonce))
     params += [("keyid", key_id), ("alg", "hmac-sha256")]
-    inner = InnerList(tuple(Item(c) for c in components), tuple(params))
+    # plain names, or serialised identifiers such as '"@query-param";name="a"'
+    items = tuple(parse_item(c) if c.startswith('"') else Item(c) for c in components)
+    inner = InnerList(items, tuple(params))
     auth = RFC9421Auth(
         request=Request(method, target, all_headers, scheme=scheme), label=label, key_id=key_id,
         components=inner.items, signature_params=serialize_inner_list(inner), signature=b"",
         signed_at=int(now), expires_at=int(now), nonce=nonce, policy=Policy())
-    mac = hmac.new(secret, auth.signature_base().encode("utf-8", "surrogateescape"),
-                   hashlib.sha256).digest()
+    mac = hmac.new(secret, utf8(auth.signature_base()), hashlib.sha256).digest()
     added.append(("Signature-Input", f"{label}={auth.signature_params}"))
     added.append(("Signature", f"{label}=:{base64.b64encode(mac).decode()}:"))
     return added

@@ -21,7 +21,7 @@ from functools import lru_cache
 from urllib.parse import quote_from_bytes, unquote_to_bytes
 
 from ..errors import SignatureError
-from .message import Body, Policy, Request, Verified
+from .message import Body, Policy, Request, Verified, utf8
 
 __all__ = [
     "ALGORITHM",
@@ -50,14 +50,6 @@ def _bad(message: str) -> SignatureError:
     return SignatureError("malformed_auth", message)
 
 
-def _utf8(text: str) -> bytes:
-    # aiohttp hands over undecodable bytes as surrogate escapes: give them back as they came
-    try:
-        return text.encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError as exc:
-        raise _bad("the request contains characters that cannot be encoded") from exc
-
-
 def canonical_uri(path: str) -> str:
     """Non-S3 canonical URI: remove dot segments, collapse ``//``, encode the
     (already encoded) path once more with only ``/`` and unreserved characters bare."""
@@ -72,11 +64,11 @@ def canonical_uri(path: str) -> str:
     normalized = "/" + "/".join(out)
     if out and path.endswith("/"):
         normalized += "/"
-    return quote_from_bytes(_utf8(normalized), safe="/~")
+    return quote_from_bytes(utf8(normalized), safe="/~")
 
 
 def _encode_component(raw: str) -> str:
-    return quote_from_bytes(unquote_to_bytes(_utf8(raw)), safe="-_.~")
+    return quote_from_bytes(unquote_to_bytes(utf8(raw)), safe="-_.~")
 
 
 def canonical_query(query: str | None, *, presigned: bool = False) -> str:
@@ -160,7 +152,7 @@ class SigV4Auth:
         return "\n".join(lines)
 
     def string_to_sign(self, body: Body) -> str:
-        creq = hashlib.sha256(_utf8(self.canonical_request(body))).hexdigest()
+        creq = hashlib.sha256(utf8(self.canonical_request(body))).hexdigest()
         return f"{ALGORITHM}\n{self.amz_date}\n{self.scope}\n{creq}"
 
     def verify(self, secret: bytes, body: Body) -> Verified:
@@ -305,7 +297,7 @@ def query_auth_params(query: str | None) -> dict[str, list[str]]:
     for piece in query.split("&"):
         key, _, value = piece.partition("=")
         if key in QUERY_AUTH_PARAMS:
-            decoded = unquote_to_bytes(_utf8(value)).decode("utf-8", "replace")
+            decoded = unquote_to_bytes(utf8(value)).decode("utf-8", "replace")
             found.setdefault(key, []).append(decoded)
     return found
 
