@@ -169,3 +169,8 @@ def test_botocore_presigned_url_verifies(method: str, path: str, params: dict[st
 ])
 def test_query_canonicalisation_rules(raw: str, canonical: str) -> None:
     assert canonical_query(raw) == canonical
+
+
+def test_plain_queries_sort_by_key_before_value() -> None:
+    # the fast path for unescaped queries must order pairs, not strings ('-' < '=')
+    assert canonical_query("a-b=1&a=2&a.c=0&a=1") == "a=1&a=2&a-b=1&a.c=0"

@@ -9,7 +9,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import NamedTuple
 
 from ..config import AuthConfig, RouteConfig
 from ..errors import SignatureError
@@ -27,7 +28,6 @@ def utf8(text: str) -> bytes:
                              "the request contains characters that cannot be encoded") from exc
 
 
-@dataclass(frozen=True, slots=True)
 class Request:
     """A request exactly as received.
 
@@ -35,21 +35,30 @@ class Request:
     byte for byte as on the wire; ``headers`` keeps every field line, repeats and
     order preserved. ``scheme`` and ``authority`` are what the client signed
     (DESIGN §2.1 ``public_scheme`` / ``public_authority``); ``authority=None``
-    means "the Host header".
+    means "the Host header". Treat it as immutable (a plain class: it is built
+    once per request, and a frozen dataclass costs several µs more).
     """
 
-    method: str
-    target: str
-    headers: tuple[tuple[str, str], ...]
-    scheme: str = "http"
-    authority: str | None = None
-    _index: dict[str, list[str]] = field(init=False, repr=False, compare=False)
+    __slots__ = ("method", "target", "headers", "scheme", "authority", "_index")
 
-    def __post_init__(self) -> None:
+    def __init__(self, method: str, target: str, headers: tuple[tuple[str, str], ...],
+                 scheme: str = "http", authority: str | None = None) -> None:
+        self.method = method
+        self.target = target
+        self.headers = headers
+        self.scheme = scheme
+        self.authority = authority
         index: dict[str, list[str]] = {}
-        for name, value in self.headers:
-            index.setdefault(name.lower(), []).append(value)
-        object.__setattr__(self, "_index", index)
+        for name, value in headers:
+            key = name.lower()
+            if key in index:
+                index[key].append(value)
+            else:
+                index[key] = [value]
+        self._index = index
+
+    def __repr__(self) -> str:
+        return f"Request({self.method!r}, {self.target!r}, {self.headers!r}, {self.scheme!r})"
 
     @property
     def path(self) -> str:
@@ -149,8 +158,7 @@ class Policy:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class Verified:
+class Verified(NamedTuple):
     """The facts a verified signature establishes.
 
     ``components`` names what the MAC covers (SigV4: ``@method``, ``@path``,

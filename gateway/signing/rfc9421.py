@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, quote, unquote
 
@@ -20,7 +21,7 @@ from .message import Body, Policy, Request, Verified, utf8
 from .sfv import InnerList, Item, SFVError, Token, parse_dictionary, serialize_inner_list, \
     serialize_item
 
-__all__ = ["ALGORITHM", "RFC9421Auth", "parse_signature"]
+__all__ = ["ALGORITHM", "RFC9421Auth", "coverage", "parse_signature"]
 
 ALGORITHM = "hmac-sha256"
 DERIVED = frozenset({"@method", "@target-uri", "@authority", "@scheme", "@request-target",
@@ -32,6 +33,7 @@ IMPLIES = {
 }
 SIGNATURE_PARAMS = {"created": int, "expires": int, "nonce": str, "alg": str, "keyid": str,
                     "tag": str}
+_COMPONENT_NAME_RE = re.compile(r"@?[a-z0-9!#$%&'*+\-.^_`|~]+")
 DEFAULT_PORTS = {"http": "80", "https": "443"}
 DIGESTS = {"sha-256": Body.sha256, "sha-512": Body.sha512}
 
@@ -93,7 +95,7 @@ def _component_value(request: Request, component: Item) -> str:
     return ", ".join(v.strip(" \t") for v in values)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per request, and frozen init costs µs
 class RFC9421Auth:
     """A parsed RFC 9421 signature, checked against the clock; not yet verified."""
 
@@ -101,6 +103,8 @@ class RFC9421Auth:
     label: str
     key_id: str
     components: tuple[Item, ...]
+    ids: tuple[str, ...]  # each component serialised, as the signature base quotes it
+    covered: frozenset[str]  # component names, with what @target-uri etc. imply
     signature_params: str  # the serialised inner list, quoted as @signature-params
     signature: bytes
     signed_at: int
@@ -110,20 +114,13 @@ class RFC9421Auth:
 
     scheme = "rfc9421"
 
-    @property
-    def covered(self) -> frozenset[str]:
-        names = {str(c.value) for c in self.components}
-        for name in list(names):
-            names.update(IMPLIES.get(name, ()))
-        return frozenset(names)
-
     def signature_base(self) -> str:
         lines = []
-        for component in self.components:
+        for component, ident in zip(self.components, self.ids):
             value = _component_value(self.request, component)
             if "\n" in value or "\r" in value:
                 raise _bad("a covered component contains a line break")
-            lines.append(f"{serialize_item(component)}: {value}")
+            lines.append(f"{ident}: {value}")
         lines.append(f'"@signature-params": {self.signature_params}')
         return "\n".join(lines)
 
@@ -178,13 +175,22 @@ class RFC9421Auth:
         return Verified(
             key_id=self.key_id,
             scheme=self.scheme,
-            components=tuple(serialize_item(c) if c.params else str(c.value)
-                             for c in self.components),
+            components=tuple(i if c.params else str(c.value)
+                             for c, i in zip(self.components, self.ids)),
             signed_at=self.signed_at,
             expires_at=self.expires_at,
             replay_token=hashlib.sha256(material).digest()[:16],
             body_signed="content-digest" in self.covered,
         )
+
+
+def coverage(items: tuple[Item, ...]) -> tuple[tuple[str, ...], frozenset[str]]:
+    """Serialised identifiers, and the names covered (with what they imply)."""
+    names = {str(c.value) for c in items}
+    for name in list(names):
+        names.update(IMPLIES.get(name, ()))
+    ids = tuple(serialize_item(c) if c.params else f'"{c.value}"' for c in items)
+    return ids, frozenset(names)
 
 
 def _components(inner: InnerList) -> tuple[Item, ...]:
@@ -194,8 +200,8 @@ def _components(inner: InnerList) -> tuple[Item, ...]:
         if not isinstance(item.value, str) or isinstance(item.value, Token):
             raise _bad("covered components must be strings")
         name = item.value
-        if name != name.lower() or not name:
-            raise _bad("covered component names must be lower case")
+        if not _COMPONENT_NAME_RE.fullmatch(name):
+            raise _bad("covered components must be lower-case field names or derived components")
         params = dict(item.params)
         if name.startswith("@") and name not in DERIVED:
             raise _bad(f"unknown derived component {name[:32]}")
@@ -205,7 +211,7 @@ def _components(inner: InnerList) -> tuple[Item, ...]:
                 raise _bad('@query-param needs exactly one string parameter "name"')
         elif params:
             raise _bad(f"component parameters on {name[:32]} are not supported")
-        ident = serialize_item(item)
+        ident = serialize_item(item) if params else name
         if ident in seen:
             raise _bad(f"the component {ident[:40]} is covered twice")
         seen.add(ident)
@@ -255,6 +261,7 @@ def parse_signature(request: Request, policy: Policy, now: float) -> RFC9421Auth
         raise _bad("the signature expires before it was created")
     nonce = params.get("nonce")
     components = _components(inner)
+    ids, covered = coverage(components)
     if abs(now - created) > policy.clock_skew:
         raise SignatureError("request_expired", "created is outside the allowed clock window")
     window_end = created + int(policy.clock_skew)
@@ -264,6 +271,7 @@ def parse_signature(request: Request, policy: Policy, now: float) -> RFC9421Auth
         window_end = min(window_end, expires)  # expires may shorten the window, never lengthen
     return RFC9421Auth(
         request=request, label=label, key_id=key_id, components=components,
+        ids=ids, covered=covered,
         signature_params=serialize_inner_list(inner), signature=signature.value,
         signed_at=created, expires_at=window_end,
         nonce=nonce if isinstance(nonce, str) else None, policy=policy,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from dataclasses import dataclass
 
 __all__ = ["Item", "InnerList", "SFVError", "Token", "parse_dictionary", "parse_item", "serialize_inner_list",
@@ -40,14 +41,13 @@ class InnerList:
     params: Params = ()
 
 
-_LCALPHA = frozenset("abcdefghijklmnopqrstuvwxyz")
-_DIGIT = frozenset("0123456789")
-_KEY_START = _LCALPHA | {"*"}
-_KEY_CHARS = _LCALPHA | _DIGIT | frozenset("_-.*")
-_TOKEN_START = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz*")
-# tchar (RFC 9110 §5.6.2) plus ":" and "/"
-_TOKEN_CHARS = (_TOKEN_START | _DIGIT | frozenset("!#$%&'+-.^_`|~:/"))
-_B64_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=")
+_KEY_RE = re.compile(r"[a-z*][a-z0-9_\-.*]*")
+_STRING_RE = re.compile(r'"((?:[ !#-\[\]-~]|\\["\\])*)"')
+_TOKEN_RE = re.compile(r"[A-Za-z*][!#$%&'*+\-.^_`|~:/0-9A-Za-z]*")
+_NUMBER_RE = re.compile(r"-?([0-9]+)(?:\.([0-9]+))?")
+_BYTES_RE = re.compile(r":([A-Za-z0-9+/=]*):")
+_BOOLEAN_RE = re.compile(r"\?([01])")
+_UNESCAPE_RE = re.compile(r"\\(.)")
 
 
 class _Parser:
@@ -72,12 +72,11 @@ class _Parser:
             self.i += 1
 
     def key(self) -> str:
-        if self.peek() not in _KEY_START:
+        m = _KEY_RE.match(self.s, self.i)
+        if not m:
             raise self.fail("expected a key")
-        start = self.i
-        while self.peek() in _KEY_CHARS:
-            self.i += 1
-        return self.s[start:self.i]
+        self.i = m.end()
+        return m.group()
 
     def params(self) -> Params:
         out: dict[str, object] = {}
@@ -95,93 +94,56 @@ class _Parser:
 
     def bare_item(self) -> object:
         c = self.peek()
-        if c == "-" or c in _DIGIT:
-            return self.number()
         if c == '"':
             return self.string()
+        if c == "-" or "0" <= c <= "9":
+            return self.number()
         if c == ":":
             return self.byte_sequence()
         if c == "?":
-            return self.boolean()
-        if c in _TOKEN_START:
-            return self.token()
-        raise self.fail("expected an item")
+            m = _BOOLEAN_RE.match(self.s, self.i)
+            if not m:
+                raise self.fail("bad boolean")
+            self.i = m.end()
+            return m.group(1) == "1"
+        m = _TOKEN_RE.match(self.s, self.i)
+        if not m:
+            raise self.fail("expected an item")
+        self.i = m.end()
+        return Token(m.group())
 
     def number(self) -> int | float:
-        start = self.i
-        if self.peek() == "-":
-            self.i += 1
-        digits_start = self.i
-        while self.peek() in _DIGIT:
-            self.i += 1
-        int_len = self.i - digits_start
-        if int_len == 0:
+        m = _NUMBER_RE.match(self.s, self.i)
+        if not m:
             raise self.fail("expected a digit")
-        if self.peek() == ".":
-            if int_len > 12:
-                raise self.fail("decimal with too many integer digits")
-            self.i += 1
-            frac_start = self.i
-            while self.peek() in _DIGIT:
-                self.i += 1
-            frac_len = self.i - frac_start
-            if not 1 <= frac_len <= 3:
-                raise self.fail("decimal needs one to three fractional digits")
-            return float(self.s[start:self.i])
-        if int_len > 15:
-            raise self.fail("integer with more than 15 digits")
-        return int(self.s[start:self.i])
+        integer, fraction = m.groups()
+        if fraction is None:
+            if len(integer) > 15:
+                raise self.fail("integer with more than 15 digits")
+        elif len(integer) > 12 or len(fraction) > 3:
+            raise self.fail("decimal with too many digits")
+        self.i = m.end()
+        return int(m.group()) if fraction is None else float(m.group())
 
     def string(self) -> str:
-        self.i += 1  # opening quote
-        out: list[str] = []
-        while True:
-            c = self.peek()
-            if not c:
-                raise self.fail("unterminated string")
-            self.i += 1
-            if c == "\\":
-                nxt = self.peek()
-                if nxt not in ('"', "\\"):
-                    raise self.fail("bad escape in string")
-                self.i += 1
-                out.append(nxt)
-            elif c == '"':
-                return "".join(out)
-            elif not (" " <= c <= "~"):
-                raise self.fail("non-printable character in string")
-            else:
-                out.append(c)
-
-    def token(self) -> Token:
-        start = self.i
-        self.i += 1
-        while self.peek() in _TOKEN_CHARS:
-            self.i += 1
-        return Token(self.s[start:self.i])
+        m = _STRING_RE.match(self.s, self.i)
+        if not m:
+            raise self.fail("bad or unterminated string")
+        self.i = m.end()
+        value = m.group(1)
+        return _UNESCAPE_RE.sub(r"\1", value) if "\\" in value else value
 
     def byte_sequence(self) -> bytes:
-        self.i += 1
-        end = self.s.find(":", self.i)
-        if end < 0:
-            raise self.fail("unterminated byte sequence")
-        chunk = self.s[self.i:end]
-        if not set(chunk) <= _B64_CHARS:
-            raise self.fail("bad base64 in byte sequence")
+        m = _BYTES_RE.match(self.s, self.i)
+        if not m:
+            raise self.fail("bad or unterminated byte sequence")
+        chunk = m.group(1)
         try:
             value = base64.b64decode(chunk + "=" * (-len(chunk) % 4), validate=True)
         except (binascii.Error, ValueError) as exc:
             raise self.fail("bad base64 in byte sequence") from exc
-        self.i = end + 1
+        self.i = m.end()
         return value
-
-    def boolean(self) -> bool:
-        self.i += 1
-        c = self.peek()
-        if c not in ("0", "1"):
-            raise self.fail("bad boolean")
-        self.i += 1
-        return c == "1"
 
     def item_or_inner_list(self) -> Item | InnerList:
         if self.peek() != "(":
@@ -237,6 +199,8 @@ def parse_item(text: str) -> Item:
 
 
 def _serialize_bare(value: object) -> str:
+    if type(value) is str:  # the common case first: component names, keyid, nonce
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(value, bool):
         return "?1" if value else "?0"
     if isinstance(value, int):

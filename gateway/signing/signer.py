@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from urllib.parse import quote
 
 from .message import Body, Policy, Request, utf8
-from .rfc9421 import RFC9421Auth
+from .rfc9421 import RFC9421Auth, coverage
 from .sfv import InnerList, Item, parse_item, serialize_inner_list
 from .sigv4 import ALGORITHM, UNSIGNED_PAYLOAD, SigV4Auth, signing_key
 
@@ -112,9 +112,10 @@ def sign_rfc9421(method: str, target: str, host: str, headers: Headers, body: by
     # plain names, or serialised identifiers such as '"@query-param";name="a"'
     items = tuple(parse_item(c) if c.startswith('"') else Item(c) for c in components)
     inner = InnerList(items, tuple(params))
+    ids, covered = coverage(items)
     auth = RFC9421Auth(
         request=Request(method, target, all_headers, scheme=scheme), label=label, key_id=key_id,
-        components=inner.items, signature_params=serialize_inner_list(inner), signature=b"",
+        components=inner.items, ids=ids, covered=covered, signature_params=serialize_inner_list(inner), signature=b"",
         signed_at=int(now), expires_at=int(now), nonce=nonce, policy=Policy())
     mac = hmac.new(secret, utf8(auth.signature_base()), hashlib.sha256).digest()
     added.append(("Signature-Input", f"{label}={auth.signature_params}"))

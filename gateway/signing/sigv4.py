@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import hmac
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from urllib.parse import quote_from_bytes, unquote_to_bytes
@@ -42,17 +43,30 @@ QUERY_AUTH_PARAMS = ("X-Amz-Algorithm", "X-Amz-Credential", "X-Amz-Date", "X-Amz
                      "X-Amz-SignedHeaders", "X-Amz-Signature")
 _HEX = frozenset("0123456789abcdef")
 _DIGITS = frozenset("0123456789")
-_HEADER_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789!#$%&'*+-.^_`|~")
-_KEY_ID_CHARS = frozenset(chr(c) for c in range(0x21, 0x7F)) - {"/"}
+_TOKEN = r"[a-z0-9!#$%&'*+\-.^_`|~]+"
+_SIGNED_HEADERS_RE = re.compile(f"{_TOKEN}(?:;{_TOKEN})*")
+_SIGNATURE_RE = re.compile(r"[0-9a-f]{64}")
+# the layout every SDK and curl send; anything else goes through the general parser
+_AUTHORIZATION_RE = re.compile(
+    r"AWS4-HMAC-SHA256 Credential=([^,]*), ?SignedHeaders=([^,]*), ?Signature=([^,]*)")
+_KEY_ID_RE = re.compile(r"[!-.0-~]+")  # printable ASCII but "/"
 
 
 def _bad(message: str) -> SignatureError:
     return SignatureError("malformed_auth", message)
 
 
+# Paths and query parts that canonicalisation leaves unchanged (the common case)
+_PLAIN_PATH = re.compile(r"(?:/(?!\.\.?(?:/|$))[A-Za-z0-9\-_.~]+)*/?")
+_PLAIN_PART = re.compile(r"[A-Za-z0-9\-_.~]*")
+_PLAIN_QUERY = re.compile(r"[A-Za-z0-9\-_.~]+=[A-Za-z0-9\-_.~]*(?:&[A-Za-z0-9\-_.~]+=[A-Za-z0-9\-_.~]*)*")
+
+
 def canonical_uri(path: str) -> str:
     """Non-S3 canonical URI: remove dot segments, collapse ``//``, encode the
     (already encoded) path once more with only ``/`` and unreserved characters bare."""
+    if _PLAIN_PATH.fullmatch(path) and path:
+        return path
     segments = [s for s in path.split("/") if s and s != "."]
     out: list[str] = []
     for segment in segments:
@@ -68,6 +82,8 @@ def canonical_uri(path: str) -> str:
 
 
 def _encode_component(raw: str) -> str:
+    if _PLAIN_PART.fullmatch(raw):
+        return raw
     return quote_from_bytes(unquote_to_bytes(utf8(raw)), safe="-_.~")
 
 
@@ -77,6 +93,9 @@ def canonical_query(query: str | None, *, presigned: bool = False) -> str:
     For a presigned URL the ``X-Amz-Signature`` parameter is left out."""
     if not query:
         return ""
+    if not presigned and _PLAIN_QUERY.fullmatch(query):  # nothing to re-encode
+        # sorted by key, then value: "a=1" < "a-b=1" although "-" sorts before "="
+        return "&".join(sorted(query.split("&"), key=lambda piece: piece.partition("=")))
     pairs = []
     for piece in query.split("&"):
         if not piece:
@@ -99,6 +118,13 @@ def signing_key(secret: bytes, date: str, region: str, service: str) -> bytes:
     return hmac.new(k, TERMINATOR.encode(), hashlib.sha256).digest()
 
 
+@lru_cache(maxsize=4096)
+def _mac(secret: bytes, date: str, region: str, service: str) -> hmac.HMAC:
+    # keyed once; each request copies it (cheaper than re-keying)
+    return hmac.new(signing_key(secret, date, region, service), digestmod=hashlib.sha256)
+
+
+@lru_cache(maxsize=256)  # every request of one second carries the same value
 def _parse_amz_date(text: str) -> int:
     # YYYYMMDDTHHMMSSZ, by slicing (never strptime: DESIGN §7)
     if len(text) != 16 or text[8] != "T" or text[15] != "Z" or not (
@@ -112,7 +138,7 @@ def _parse_amz_date(text: str) -> int:
     return int(moment.timestamp())
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per request, and frozen init costs µs
 class SigV4Auth:
     """A parsed SigV4 signature, checked against policy and the clock; not yet verified."""
 
@@ -138,14 +164,15 @@ class SigV4Auth:
 
     def canonical_request(self, body: Body) -> str:
         req = self.request
-        lines = [req.method, canonical_uri(req.path),
-                 canonical_query(req.query, presigned=self.presigned)]
+        path, _, query = req.target.partition("?")
+        lines = [req.method, canonical_uri(path), canonical_query(query, presigned=self.presigned)]
+        index = req._index
         for name in self.signed_headers:
-            if name == "host":
-                values = [req.host() or ""]
+            values = [req.host() or ""] if name == "host" else index[name]
+            if len(values) == 1:
+                lines.append(f"{name}:{' '.join(values[0].split())}")
             else:
-                values = req.header_values(name)
-            lines.append(name + ":" + ",".join(" ".join(v.split()) for v in values))
+                lines.append(f"{name}:{','.join(' '.join(v.split()) for v in values)}")
         lines.append("")
         lines.append(";".join(self.signed_headers))
         lines.append(self.declared_payload or body.sha256().hex())
@@ -157,8 +184,8 @@ class SigV4Auth:
 
     def verify(self, secret: bytes, body: Body) -> Verified:
         """Check the MAC with ``secret`` and the body against what was signed."""
-        key = signing_key(secret, self.amz_date[:8], self.region, self.service)
-        expected = hmac.new(key, self.string_to_sign(body).encode("ascii"), hashlib.sha256)
+        expected = _mac(secret, self.amz_date[:8], self.region, self.service).copy()
+        expected.update(self.string_to_sign(body).encode("ascii"))
         if not hmac.compare_digest(expected.hexdigest().encode("ascii"),
                                    self.signature.encode("ascii")):
             raise SignatureError("signature_invalid", "the signature does not match the request")
@@ -168,18 +195,14 @@ class SigV4Auth:
                 declared.encode("ascii"), body.sha256().hex().encode("ascii")):
             raise SignatureError("signature_invalid",
                                  "the body does not match x-amz-content-sha256")
+        scheme = self.scheme
         components = ("@method", "@path", "@query", *self.signed_headers)
-        token = hashlib.sha256(b"\0".join((self.scheme.encode(), self.key_id.encode(),
+        if body_signed:
+            components += ("@body",)
+        token = hashlib.sha256(b"\0".join((scheme.encode(), self.key_id.encode(),
                                            self.signature.encode()))).digest()[:16]
-        return Verified(
-            key_id=self.key_id,
-            scheme=self.scheme,
-            components=components + (("@body",) if body_signed else ()),
-            signed_at=self.signed_at,
-            expires_at=self.expires_at,
-            replay_token=token,
-            body_signed=body_signed,
-        )
+        return Verified(self.key_id, scheme, components, self.signed_at, self.expires_at, token,
+                        body_signed)
 
 
 def _credential(value: str, amz_date: str, policy: Policy) -> tuple[str, str, str]:
@@ -187,7 +210,7 @@ def _credential(value: str, amz_date: str, policy: Policy) -> tuple[str, str, st
     if len(parts) != 5:
         raise _bad("Credential must be KEYID/YYYYMMDD/region/service/aws4_request")
     key_id, date, region, service, terminator = parts
-    if not key_id or not set(key_id) <= _KEY_ID_CHARS:
+    if not _KEY_ID_RE.fullmatch(key_id):
         raise _bad("the access key ID in Credential is empty or has illegal characters")
     if terminator != TERMINATOR:
         raise _bad("the credential scope must end with aws4_request")
@@ -202,20 +225,23 @@ def _credential(value: str, amz_date: str, policy: Policy) -> tuple[str, str, st
     return key_id, region, service
 
 
-def _signed_headers(value: str, request: Request, *, header_auth: bool) -> tuple[str, ...]:
-    names = tuple(value.split(";"))
-    if not value or any(not n or not set(n) <= _HEADER_NAME_CHARS for n in names):
+@lru_cache(maxsize=256)
+def _signed_header_list(value: str) -> tuple[str, ...]:
+    if not _SIGNED_HEADERS_RE.fullmatch(value):
         raise _bad("SignedHeaders must be lower-case header names separated by ';'")
+    names = tuple(value.split(";"))
     if list(names) != sorted(set(names)):
         raise _bad("SignedHeaders must be sorted and without repeats")
-    signed = set(names)
-    required = {"host", "x-amz-date"} if header_auth else {"host"}
-    missing = sorted(required - signed)
-    if missing:
-        raise SignatureError("signature_invalid",
-                             f"the signature must cover the {missing[0]} header")
+    return names
+
+
+def _signed_headers(value: str, request: Request, *, header_auth: bool) -> tuple[str, ...]:
+    names = _signed_header_list(value)
+    for name in ("host", "x-amz-date") if header_auth else ("host",):
+        if name not in names:
+            raise SignatureError("signature_invalid", f"the signature must cover the {name} header")
     for name in request.header_names():
-        if name.startswith("x-amz-") and name != "x-amz-content-sha256" and name not in signed:
+        if name.startswith("x-amz-") and name != "x-amz-content-sha256" and name not in names:
             raise SignatureError("signature_invalid",
                                  f"the {name} header is present but not signed")
     for name in names:
@@ -229,8 +255,8 @@ def _signed_headers(value: str, request: Request, *, header_auth: bool) -> tuple
 
 
 def _declared_payload(request: Request, policy: Policy) -> str | None:
-    encoding = ",".join(request.header_values("content-encoding")).lower()
-    if "aws-chunked" in encoding:
+    if request.has_header("content-encoding") and "aws-chunked" in ",".join(
+            request.header_values("content-encoding")).lower():
         raise SignatureError("unsupported_payload", "aws-chunked bodies are not accepted")
     declared = request.single_header("x-amz-content-sha256")
     if declared is None:
@@ -249,14 +275,12 @@ def _declared_payload(request: Request, policy: Policy) -> str | None:
 
 
 def _check_signature_hex(value: str) -> str:
-    if len(value) != 64 or not set(value) <= _HEX:
+    if not _SIGNATURE_RE.fullmatch(value):
         raise _bad("the signature must be 64 lower-case hex digits")
     return value
 
 
-def parse_header_auth(request: Request, authorization: str, policy: Policy,
-                      now: float) -> SigV4Auth:
-    """Parse ``Authorization: AWS4-HMAC-SHA256 Credential=..., SignedHeaders=..., Signature=...``."""
+def _authorization_fields(authorization: str) -> dict[str, str]:
     algorithm, _, rest = authorization.partition(" ")
     if algorithm != ALGORITHM:
         raise _bad(f"unsupported algorithm (only {ALGORITHM} is accepted)")
@@ -271,13 +295,27 @@ def parse_header_auth(request: Request, authorization: str, policy: Policy,
         fields[name] = value
     if len(fields) != 3:
         raise _bad("the Authorization header must hold Credential, SignedHeaders and Signature")
+    return fields
+
+
+def parse_header_auth(request: Request, authorization: str, policy: Policy,
+                      now: float) -> SigV4Auth:
+    """Parse ``Authorization: AWS4-HMAC-SHA256 Credential=..., SignedHeaders=..., Signature=...``."""
+    fast = _AUTHORIZATION_RE.fullmatch(authorization)
+    if fast:
+        credential, signed_headers_text, signature_text = fast.groups()
+    else:
+        fields = _authorization_fields(authorization)
+        credential = fields["Credential"]
+        signed_headers_text = fields["SignedHeaders"]
+        signature_text = fields["Signature"]
     amz_date = request.single_header("x-amz-date")
     if amz_date is None:
         raise _bad("the X-Amz-Date header is required")
     signed_at = _parse_amz_date(amz_date)
-    key_id, region, service = _credential(fields["Credential"], amz_date, policy)
-    signed_headers = _signed_headers(fields["SignedHeaders"], request, header_auth=True)
-    signature = _check_signature_hex(fields["Signature"])
+    key_id, region, service = _credential(credential, amz_date, policy)
+    signed_headers = _signed_headers(signed_headers_text, request, header_auth=True)
+    signature = _check_signature_hex(signature_text)
     if abs(now - signed_at) > policy.clock_skew:
         raise SignatureError("request_expired", "X-Amz-Date is outside the allowed clock window")
     return SigV4Auth(
