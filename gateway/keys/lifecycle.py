@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from gateway.config import PolicyConfig
-from gateway.kek import Keyring
+from gateway.kek import KekError, Keyring
 from gateway.keys.errors import KeyLimitReached, KeyNotFound, MalformedKeyId, PolicyViolation
 from gateway.keys.formats import SecretStr, generate_key_id, generate_secret, is_well_formed_key_id
 from gateway.keys.record import AuditEntry, KeyRecord, RateLimit, rfc3339
@@ -140,7 +141,8 @@ def validate_new_key(policy: PolicyConfig, spec: NewKey) -> NewKey:
     if "self:rotate" in spec.scopes and not policy.allow_self_rotate:
         raise PolicyViolation("scope self:rotate is not allowed by policy "
                               "(policy.allow_self_rotate = false)")
-    if spec.rate_limit is not None and not (spec.rate_limit.rps > 0 and spec.rate_limit.burst >= 1):
+    rate = spec.rate_limit
+    if rate is not None and not (0 < rate.rps < math.inf and rate.burst >= 1):
         raise PolicyViolation("rate limit must be a positive number of requests per second")
     cidrs = None
     if spec.source_cidrs is not None:
@@ -171,10 +173,11 @@ def _new_credentials() -> tuple[str, SecretStr]:
 class KeyManager:
     """Lifecycle operations against one store with one keyring and policy.
 
-    ``new_credentials`` is the randomness (a key ID and secret per call); tests may
-    pass their own. Every method takes ``now``."""
+    ``keyring`` may be None for callers that only renew, revoke or read records (an
+    emergency revocation needs no KEK). ``new_credentials`` is the randomness (a key
+    ID and secret per call); tests may pass their own. Every method takes ``now``."""
 
-    def __init__(self, store: Store, keyring: Keyring, policy: PolicyConfig, *,
+    def __init__(self, store: Store, keyring: Keyring | None, policy: PolicyConfig, *,
                  new_credentials: Callable[[], tuple[str, SecretStr]] = _new_credentials
                  ) -> None:
         self.store = store
@@ -188,14 +191,20 @@ class KeyManager:
                           action=action, target=target, source=actor.source,
                           outcome="success", details=details)
 
+    def _keyring(self) -> Keyring:
+        if self.keyring is None:
+            raise KekError("this operation needs the keyring (config setting kek.keyring)")
+        return self.keyring
+
     def _issue(self, spec: NewKey, actor: Actor, now: datetime,
                rotated_from: str | None = None) -> Issued:
+        keyring = self._keyring()
         key_id, secret = self._new_credentials()
         record = KeyRecord(
             key_id=key_id, principal=spec.principal, name=spec.name, scopes=spec.scopes,
             created_at=now, expires_at=resolve_expiry(self.policy, spec.expiry, now),
             issued_with_mfa=actor.mfa, created_by=actor.principal,
-            wrapped=self.keyring.wrap_secret(key_id, secret),
+            wrapped=keyring.wrap_secret(key_id, secret),
             secret_sha256=hashlib.sha256(secret.hmac_key()).digest(),
             rate_limit=spec.rate_limit, source_cidrs=spec.source_cidrs,
             rotated_from=rotated_from,
@@ -307,4 +316,4 @@ class KeyManager:
     async def get_with_secret(self, key_id: str) -> tuple[KeyRecord, SecretStr]:
         """The record and its unwrapped secret (raises :class:`gateway.kek.UnwrapError`)."""
         record = await self.get(key_id)
-        return record, self.keyring.unwrap_secret(key_id, record.wrapped)
+        return record, self._keyring().unwrap_secret(key_id, record.wrapped)

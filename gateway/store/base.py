@@ -113,6 +113,8 @@ class Transaction(ABC):
 class Store(ABC):
     """Source of truth for keys, audit and the change log."""
 
+    applied_migrations: tuple[int, ...] = ()  # what opening the store applied (for `store migrate`)
+
     @abstractmethod
     async def migrate(self) -> list[int]:
         """Apply pending schema migrations; the versions applied (empty when current)."""

@@ -137,7 +137,7 @@ class PostgresStore(Store):
                              f"{type(exc).__name__}: {exc}") from exc
         store = cls(pool, where)
         try:
-            await store.migrate()
+            store.applied_migrations = tuple(await store.migrate())
         except BaseException:
             await pool.close()
             raise

@@ -132,7 +132,7 @@ class SQLiteStore(Store):
         store = cls(path)
         try:
             await store._run(store._connect)
-            await store.migrate()
+            store.applied_migrations = tuple(await store.migrate())
         except BaseException:
             await store.close()
             raise
