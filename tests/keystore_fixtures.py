@@ -69,4 +69,4 @@ def manager(store: Store, keyring: Keyring, policy: PolicyConfig) -> KeyManager:
     return KeyManager(store, keyring, policy)
 
 
-__all__ = ["ACTOR", "NOW", "keyring", "manager", "pg_dsn", "policy", "store", "store_url"]
+__all__ = ["ACTOR", "NOW"]

@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 import pytest
-from keystore_fixtures import NOW, pg_dsn, store_url  # noqa: F401  (fixtures)
+from keystore_fixtures import NOW
 
 from gateway.cli import main
 from gateway.config import load_config
@@ -77,7 +77,7 @@ def test_create_prints_the_secret_once_and_never_again(
 def test_table_columns_are_aligned(capsys: pytest.CaptureFixture[str], config: Path) -> None:
     for principal in ("a", "a-much-longer-principal"):
         assert gw(capsys, config, "keys", "create", "--principal", principal)[0] == 0
-    code, out, _ = gw(capsys, config, "keys", "list")
+    _, out, _ = gw(capsys, config, "keys", "list")
     header, *rows = out.splitlines()
     assert len(rows) == 2
     status_col = header.index("STATUS")
@@ -242,7 +242,8 @@ def test_kek_rotate_killed_midway_and_rerun_finishes(config: Path) -> None:
 
     midway = asyncio.run(versions())
     assert midway.get(1, 0) > 0 and midway.get(2, 0) >= 500, midway  # genuinely half done
-    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120,
+                          check=False)
     assert done.returncode == 0, done.stderr
     assert "Resuming the unfinished re-wrap under KEK version 2" in done.stdout
     assert "(100%)" in done.stderr

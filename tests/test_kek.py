@@ -11,16 +11,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from keystore_fixtures import (  # noqa: F401  (fixtures)
-    ACTOR,
-    NOW,
-    keyring,
-    manager,
-    pg_dsn,
-    policy,
-    store,
-    store_url,
-)
+from keystore_fixtures import ACTOR, NOW
 
 from gateway.kek import (
     Keyring,
@@ -169,10 +160,10 @@ def test_keyring_replace_keeps_0600_and_versions(tmp_path: Path) -> None:
     (b'{"format": "gateway-keyring/1", "current": 1, "versions": []}', "non-empty"),
     (b'{"format": "gateway-keyring/1", "current": 2, "versions": [{"version": 1, "key": "'
      + base64.b64encode(bytes(32)) + b'"}]}', "current version 2 is not listed"),
-    (b'{"format": "gateway-keyring/1", "current": 1, "versions": [{"version": 1, '
-     b'"key": "c2hvcnQ="}]}', "not a 256-bit key"),
-    (b'{"format": "gateway-keyring/1", "current": 1, "versions": [{"version": 1, '
-     b'"key": "***"}]}', "not base64"),
+    ((b'{"format": "gateway-keyring/1", "current": 1, "versions": [{"version": 1, '
+     b'"key": "c2hvcnQ="}]}'), "not a 256-bit key"),
+    ((b'{"format": "gateway-keyring/1", "current": 1, "versions": [{"version": 1, '
+     b'"key": "***"}]}'), "not base64"),
 ], ids=["json", "format", "empty", "current", "short-key", "base64"])
 def test_malformed_keyring_is_a_clear_error(tmp_path: Path, content: bytes, message: str) -> None:
     path = tmp_path / "keyring.json"

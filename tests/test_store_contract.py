@@ -11,16 +11,7 @@ from typing import Any
 
 import asyncpg
 import pytest
-from keystore_fixtures import (  # noqa: F401  (fixtures)
-    ACTOR,
-    NOW,
-    keyring,
-    manager,
-    pg_dsn,
-    policy,
-    store,
-    store_url,
-)
+from keystore_fixtures import ACTOR, NOW
 
 from gateway.config import PolicyConfig
 from gateway.kek import Keyring
@@ -51,7 +42,7 @@ async def test_created_key_reads_back_by_id_and_by_secret_hash(manager: KeyManag
     assert got.expires_at == NOW + timedelta(days=90)  # policy.default_lifetime
     by_hash = await manager.store.get_key_by_secret_sha256(issued.record.secret_sha256)
     assert by_hash == issued.record
-    record, secret = await manager.get_with_secret(issued.record.key_id)
+    _record, secret = await manager.get_with_secret(issued.record.key_id)
     assert secret == issued.secret
     assert await manager.store.get_key("gwk_" + "0" * 28) is None
 
