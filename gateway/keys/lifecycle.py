@@ -239,7 +239,6 @@ class KeyManager:
         return issued
 
     async def _locked_key(self, tx: Transaction, key_id: str) -> KeyRecord:
-        check_key_id(key_id)
         record = await tx.get_key(key_id)
         if record is None:
             raise KeyNotFound(key_id)
@@ -254,6 +253,7 @@ class KeyManager:
                      grace: float | None = None, expiry: Expiry = None) -> Issued:
         """A new key with the same principal, name, scopes and limits; the old one stays
         valid (``rotating``) for the grace period, then is revoked with reason ``rotated``."""
+        check_key_id(key_id)
         grace = resolve_grace(self.policy, grace)
         async with self.store.transaction() as tx:
             old = await self._locked_key(tx, key_id)
@@ -279,6 +279,7 @@ class KeyManager:
     async def renew(self, key_id: str, *, actor: Actor, now: datetime,
                     expiry: Expiry = None) -> KeyRecord:
         """A new ``expires_at`` within policy, counted from ``now``."""
+        check_key_id(key_id)
         expires_at = resolve_expiry(self.policy, expiry, now)
         async with self.store.transaction() as tx:
             old = await self._locked_key(tx, key_id)
@@ -294,6 +295,7 @@ class KeyManager:
     async def revoke(self, key_id: str, *, actor: Actor, now: datetime,
                      reason: str = "unspecified") -> KeyRecord:
         """Revoke now (a rotating key too, ending its grace early)."""
+        check_key_id(key_id)
         reason = _text(reason, "reason", required=True)
         async with self.store.transaction() as tx:
             old = await self._locked_key(tx, key_id)
