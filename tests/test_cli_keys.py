@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import io
+import itertools
 import os
 import subprocess
 import sys
@@ -16,6 +18,7 @@ import pytest
 from keystore_fixtures import NOW
 
 from gateway.cli import main
+from gateway.cli.output import ProgressBar
 from gateway.config import load_config
 from gateway.kek import load_keyring
 from gateway.keys.formats import generate_key_id, is_well_formed_secret
@@ -267,3 +270,31 @@ def test_kek_rotate_killed_midway_and_rerun_finishes(config: Path) -> None:
             await store.close()
 
     assert asyncio.run(verify_all()) == 2000
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_is_one_redrawn_line_on_a_terminal() -> None:
+    ticks = itertools.count(0.0, 0.05)  # 100 updates over 5 s
+    out = _Terminal()
+    bar = ProgressBar("re-wrapping", stream=out, clock=lambda: next(ticks))
+    for done in range(0, 100_001, 1000):
+        bar(done, 100_000)
+    text = out.getvalue()
+    assert text.count("\n") == 1 and text.endswith("\n")  # one line, ended once
+    assert 20 <= text.count("\r") <= 51  # redrawn at most every 0.1 s, not once per batch
+    assert "100,000/100,000 100%" in text
+
+
+def test_progress_is_a_few_lines_elsewhere() -> None:
+    out = io.StringIO()
+    bar = ProgressBar("re-wrapping", stream=out, clock=lambda: 1.0)
+    for done in range(0, 100_001, 1000):
+        bar(done, 100_000)
+    lines = out.getvalue().splitlines()
+    assert [line.split(": ")[1].split(" ")[1] for line in lines] == [
+        "(0%)", "(25%)", "(50%)", "(75%)", "(100%)"]
+    assert "\r" not in out.getvalue()

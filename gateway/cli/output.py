@@ -63,11 +63,11 @@ class ProgressBar:
         self._open = False
 
     def __call__(self, done: int, total: int) -> None:
-        elapsed = max(self._clock() - self._start, 1e-9)
+        now = self._clock()
+        elapsed = max(now - self._start, 1e-9)
         rate = done / elapsed
         pct = 100 * done // total if total else 100
         if self._tty:
-            now = self._clock()
             if done < total and now - self._last_draw < 0.1:
                 return
             self._last_draw = now
