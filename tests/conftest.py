@@ -16,6 +16,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
+# the key-store fixtures (a real store of each backend, per test) live in their own module
+pytest_plugins = ("keystore_fixtures",)
+
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
 VECTORS = SHARED / "vectors"
@@ -86,7 +89,7 @@ def postgres_url() -> Iterator[str]:
 
     try:
         asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-    except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
         pytest.fail(f"PostgreSQL at {DATABASE_URL} is unreachable ({exc}); start it with: "
                     f"{START_POSTGRES} or point DATABASE_URL at a running server", pytrace=False)
     parts = urlsplit(DATABASE_URL)

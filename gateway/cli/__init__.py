@@ -1,0 +1,79 @@
+"""The ``gateway`` command (DESIGN.md §4): ``keys``, ``kek`` and ``store`` subcommands.
+
+Every command takes ``--config FILE`` (default ``$GATEWAY_CONFIG``, else built-in
+defaults) and ``--json``. Exit status: 0 done; 1 the action failed (no such key,
+policy refused, store or keyring trouble); 2 the command line is wrong (usage, a
+malformed key ID, a bad config); 130 interrupted. Errors are one line on stderr,
+never a traceback, never a secret.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from gateway.cli import kek as kek_cmd
+from gateway.cli import keys as keys_cmd
+from gateway.cli.common import Context, cli_actor
+from gateway.config import ConfigError, load_config
+from gateway.errors import GatewayError
+from gateway.kek import KekError, load_keyring
+from gateway.keys.errors import KeyNotFound, MalformedKeyId
+from gateway.store import Store, open_store
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="FILE",
+                        help="TOML config file (default: $GATEWAY_CONFIG, else built-in defaults)")
+    common.add_argument("--json", action="store_true", help="machine-readable output")
+    parser = argparse.ArgumentParser(prog="gateway",
+                                     description="HMAC request-signing gateway")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    keys_cmd.add_parsers(sub, common)
+    kek_cmd.add_parsers(sub, common)
+    return parser
+
+
+async def _run(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    keyring = load_keyring(config.kek.keyring) if args.needs_keyring else None
+    store: Store | None = None
+    if getattr(args, "needs_store", True):
+        store = await open_store(config.store.url)
+    try:
+        ctx = Context(args=args, config=config, opened_store=store, keyring=keyring,
+                      actor=cli_actor(), now=datetime.now(UTC), json=args.json)
+        return int(await args.run(ctx))
+    finally:
+        if store is not None:
+            await store.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def fail(message: str, status: int) -> int:
+        sys.stdout.flush()
+        print(f"gateway: error: {message}", file=sys.stderr)
+        return status
+
+    try:
+        return asyncio.run(_run(args))
+    except MalformedKeyId:
+        return fail("malformed key ID", 2)
+    except KeyNotFound as exc:
+        return fail(f"no such key: {exc.key_id}", 1)
+    except ConfigError as exc:
+        return fail(str(exc), 2)
+    except GatewayError as exc:  # policy, limits, store
+        return fail(exc.message, 1)
+    except KekError as exc:
+        return fail(str(exc), 1)
+    except KeyboardInterrupt:
+        return fail("interrupted (a re-wrap can be resumed by running it again)", 130)

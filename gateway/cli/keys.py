@@ -1,0 +1,193 @@
+"""``gateway keys create|list|show|rotate|renew|revoke`` (DESIGN.md §4, §4.1)."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from datetime import datetime, timedelta
+from typing import Any
+
+from gateway.cli.common import Context, duration, rfc3339_arg
+from gateway.cli.output import print_fields, print_json, print_table
+from gateway.keys.errors import KeyNotFound
+from gateway.keys.lifecycle import NEVER, Expiry, Issued, KeyManager, NewKey, check_key_id
+from gateway.keys.record import STATUSES, KeyRecord, RateLimit, rfc3339
+from gateway.store import KeyFilter
+
+__all__ = ["add_parsers"]
+
+
+def _expiry_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--expires-in", type=duration, metavar="D",
+                   help="lifetime from now, e.g. 30d (default: policy.default_lifetime)")
+    g.add_argument("--expires-at", type=rfc3339_arg, metavar="TIME", help="RFC 3339 instant")
+    g.add_argument("--no-expiry", action="store_true",
+                   help="never expires (only if policy.allow_no_expiry)")
+
+
+def _expiry(args: argparse.Namespace) -> Expiry:
+    if args.no_expiry:
+        return NEVER
+    return args.expires_at if args.expires_at is not None else args.expires_in
+
+
+def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
+    keys = sub.add_parser("keys", help="create, list and manage access keys")
+    ks = keys.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    p = ks.add_parser("create", parents=[common], help="create a key; prints its secret once")
+    p.add_argument("--principal", required=True, help="who the key belongs to")
+    p.add_argument("--name", default="", help="a label telling this key from the principal's others")
+    p.add_argument("--scope", action="append", default=[], metavar="S",
+                   help="a granted scope; repeat for several")
+    _expiry_options(p)
+    p.add_argument("--rate-limit", type=float, metavar="RPS", help="requests per second")
+    p.add_argument("--burst", type=int, metavar="N", help="burst size (default: RPS, rounded up)")
+    p.add_argument("--allow-cidr", action="append", metavar="CIDR",
+                   help="accept requests only from this network; repeat for several")
+    p.set_defaults(run=_create, needs_keyring=True)
+
+    p = ks.add_parser("list", parents=[common], help="list keys")
+    p.add_argument("--principal")
+    p.add_argument("--status", choices=STATUSES)
+    p.add_argument("--expiring-within", type=duration, metavar="D",
+                   help="expiry or inactivity deadline within D from now")
+    p.add_argument("--unused-for", type=duration, metavar="D", help="not used for at least D")
+    p.add_argument("--older-than", type=duration, metavar="D", help="created more than D ago")
+    p.add_argument("--created-after", type=rfc3339_arg, metavar="TIME")
+    p.add_argument("--created-before", type=rfc3339_arg, metavar="TIME")
+    p.add_argument("--issued-without-mfa", action="store_true")
+    p.set_defaults(run=_list, needs_keyring=False)
+
+    p = ks.add_parser("show", parents=[common], help="show one key")
+    p.add_argument("key_id", metavar="KEY_ID")
+    p.set_defaults(run=_show, needs_keyring=False)
+
+    p = ks.add_parser("rotate", parents=[common],
+                      help="new key for the same principal, name and scopes; prints its secret")
+    p.add_argument("key_id", metavar="KEY_ID")
+    p.add_argument("--grace", type=duration, metavar="D",
+                   help="how long the old key keeps working (default: policy.rotation_grace)")
+    p.add_argument("--expires-in", type=duration, metavar="D", dest="expires_in",
+                   help="the new key's lifetime (default: policy.default_lifetime)")
+    p.set_defaults(run=_rotate, needs_keyring=True)
+
+    p = ks.add_parser("renew", parents=[common], help="set a new expiry within policy")
+    p.add_argument("key_id", metavar="KEY_ID")
+    _expiry_options(p)
+    p.set_defaults(run=_renew, needs_keyring=False)
+
+    p = ks.add_parser("revoke", parents=[common], help="revoke a key now")
+    p.add_argument("key_id", metavar="KEY_ID")
+    p.add_argument("--reason", default="unspecified", help="e.g. leaked, rotated, offboarded")
+    p.set_defaults(run=_revoke, needs_keyring=False)
+
+
+def _manager(ctx: Context) -> KeyManager:
+    return KeyManager(ctx.store, ctx.keyring, ctx.config.policy)
+
+
+def _show_record(ctx: Context, record: KeyRecord, headline: str) -> None:
+    doc = record.to_api(ctx.now, ctx.config.policy.inactivity)
+    if ctx.json:
+        print_json(doc)
+        return
+    print(headline)
+    print_fields(doc)
+
+
+def _show_issued(ctx: Context, issued: Issued, headline: str) -> None:
+    if ctx.json:
+        print_json(issued.to_api(ctx.now, ctx.config.policy.inactivity))
+        return
+    print(f"{headline} The secret is shown only this once: store it now.")
+    doc = issued.record.to_api(ctx.now, ctx.config.policy.inactivity)
+    print_fields({"key_id": doc.pop("key_id"), "secret": issued.secret.reveal(), **doc})
+
+
+async def _create(ctx: Context) -> int:
+    a = ctx.args
+    rate = None
+    if a.rate_limit is not None:
+        burst = a.burst if a.burst is not None else max(1, math.ceil(a.rate_limit))
+        rps = int(a.rate_limit) if a.rate_limit.is_integer() else a.rate_limit
+        rate = RateLimit(rps=rps, burst=burst)
+    spec = NewKey(principal=a.principal, name=a.name, scopes=tuple(a.scope),
+                  expiry=_expiry(a), rate_limit=rate,
+                  source_cidrs=tuple(a.allow_cidr) if a.allow_cidr else None)
+    issued = await _manager(ctx).create(spec, actor=ctx.actor, now=ctx.now)
+    _show_issued(ctx, issued, "Key created.")
+    return 0
+
+
+async def _list(ctx: Context) -> int:
+    a, now = ctx.args, ctx.now
+    inactivity = ctx.config.policy.inactivity
+    created_before = a.created_before
+    if a.older_than is not None:
+        cutoff = now - timedelta(seconds=a.older_than)
+        created_before = min(cutoff, created_before) if created_before else cutoff
+    where = KeyFilter(
+        principal=a.principal, status=a.status, created_after=a.created_after,
+        created_before=created_before,
+        deadline_before=None if a.expiring_within is None
+        else now + timedelta(seconds=a.expiring_within),
+        unused_since=None if a.unused_for is None else now - timedelta(seconds=a.unused_for),
+        issued_with_mfa=False if a.issued_without_mfa else None,
+    )
+    records: list[KeyRecord] = []
+    cursor = None
+    while True:  # people and scripts get the whole listing; the admin API pages
+        page = await ctx.store.list_keys(where, now=now, inactivity=inactivity, limit=1000,
+                                         cursor=cursor)
+        records += page.items
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    if ctx.json:
+        print_json({"items": [r.to_api(now, inactivity) for r in records], "next_cursor": None})
+        return 0
+    print_table(
+        ("KEY ID", "PRINCIPAL", "NAME", "STATUS", "SCOPES", "CREATED", "EXPIRES", "LAST USED"),
+        [(r.key_id, r.principal, r.name or None, r.status(now, inactivity), list(r.scopes),
+          _short(r.created_at), _short(r.expires_at), _short(r.last_used_at)) for r in records])
+    return 0
+
+
+def _short(t: datetime | None) -> str | None:
+    return rfc3339(t.replace(microsecond=0) if t else None)
+
+
+async def _show(ctx: Context) -> int:
+    check_key_id(ctx.args.key_id)
+    record = await ctx.store.get_key(ctx.args.key_id)
+    if record is None:
+        raise KeyNotFound(ctx.args.key_id)
+    _show_record(ctx, record, f"Key {record.key_id}:")
+    return 0
+
+
+async def _rotate(ctx: Context) -> int:
+    a = ctx.args
+    issued = await _manager(ctx).rotate(a.key_id, actor=ctx.actor, now=ctx.now, grace=a.grace,
+                                        expiry=a.expires_in)
+    old = await ctx.store.get_key(a.key_id)
+    until = rfc3339(old.revoked_at) if old else None
+    _show_issued(ctx, issued, f"Key {a.key_id} rotated; it keeps working until {until}.")
+    return 0
+
+
+async def _renew(ctx: Context) -> int:
+    record = await _manager(ctx).renew(ctx.args.key_id, actor=ctx.actor, now=ctx.now,
+                                       expiry=_expiry(ctx.args))
+    _show_record(ctx, record, f"Key {record.key_id} renewed; it expires at "
+                              f"{rfc3339(record.expires_at) or 'never'}.")
+    return 0
+
+
+async def _revoke(ctx: Context) -> int:
+    record = await _manager(ctx).revoke(ctx.args.key_id, actor=ctx.actor, now=ctx.now,
+                                        reason=ctx.args.reason)
+    _show_record(ctx, record, f"Key {record.key_id} revoked.")
+    return 0

@@ -1,0 +1,264 @@
+"""The store's one async interface (DESIGN.md §3, §3.2), shared by SQLite and PostgreSQL.
+
+Every lifecycle change goes through :meth:`Store.transaction`: the key rows, their
+audit rows and their ``key_changes`` rows commit together or not at all. Reads
+outside a transaction are what the gateway needs on its hot path and for listings.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import orjson
+
+from gateway.errors import GatewayError
+from gateway.keys.record import (
+    AuditEntry,
+    KeyChange,
+    KeyRecord,
+    RateLimit,
+    Status,
+    WrappedSecret,
+)
+
+__all__ = [
+    "KeyFilter",
+    "Page",
+    "Rewrap",
+    "Store",
+    "StoreError",
+    "Transaction",
+]
+
+# key_id -> its record's wrapped secret -> the same secret wrapped under the target version
+Rewrap = Callable[[str, WrappedSecret], WrappedSecret]
+
+KEY_COLUMNS = (
+    "key_id", "principal", "name", "scopes", "created_at", "expires_at", "last_used_at",
+    "revoked_at", "revoke_reason", "revoked_by", "issued_with_mfa", "created_by",
+    "rate_limit", "source_cidrs", "rotated_from", "rotated_to", "kek_version", "nonce",
+    "ciphertext", "secret_sha256",
+)
+# columns a lifecycle change may alter (never key_id, principal, created_*, the secret hash)
+MUTABLE_COLUMNS = (
+    "name", "scopes", "expires_at", "revoked_at", "revoke_reason", "revoked_by",
+    "rate_limit", "source_cidrs", "rotated_to",
+)
+
+
+class StoreError(GatewayError):
+    """The store cannot be reached or refused the operation; the message names no secret."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("store_unavailable", message)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyFilter:
+    """Listing filters (admin API ``GET /v1/keys`` and ``gateway keys list``)."""
+
+    principal: str | None = None
+    status: Status | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    expires_before: datetime | None = None
+    deadline_before: datetime | None = None  # earlier of expiry and inactivity deadline
+    unused_since: datetime | None = None  # last used (or, never used, created) before this
+    issued_with_mfa: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    items: list[KeyRecord]
+    next_cursor: str | None
+
+
+class Transaction(ABC):
+    """Writes inside one database transaction."""
+
+    @abstractmethod
+    async def lock_principals(self, principals: Sequence[str]) -> None:
+        """Serialise creations for these principals until the transaction ends."""
+
+    @abstractmethod
+    async def live_keys(self, principals: Sequence[str], now: datetime) -> list[KeyRecord]:
+        """Keys of these principals neither revoked nor expired at ``now``."""
+
+    @abstractmethod
+    async def get_key(self, key_id: str) -> KeyRecord | None:
+        """The record, locked against concurrent change until the transaction ends."""
+
+    @abstractmethod
+    async def insert_keys(self, records: Sequence[KeyRecord]) -> None: ...
+
+    @abstractmethod
+    async def update_key(self, record: KeyRecord) -> None:
+        """Write the record's mutable fields (:data:`MUTABLE_COLUMNS`)."""
+
+    @abstractmethod
+    async def add_audit(self, entries: Sequence[AuditEntry]) -> None: ...
+
+    @abstractmethod
+    async def add_changes(self, changes: Sequence[tuple[str, str, datetime]]) -> None:
+        """Append ``(key_id, kind, at)`` rows to ``key_changes``."""
+
+
+class Store(ABC):
+    """Source of truth for keys, audit and the change log."""
+
+    applied_migrations: tuple[int, ...] = ()  # what opening the store applied (for `store migrate`)
+
+    @abstractmethod
+    async def migrate(self) -> list[int]:
+        """Apply pending schema migrations; the versions applied (empty when current)."""
+
+    @abstractmethod
+    async def schema_version(self) -> int: ...
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    @abstractmethod
+    def transaction(self) -> AbstractAsyncContextManager[Transaction]: ...
+
+    @abstractmethod
+    async def get_key(self, key_id: str) -> KeyRecord | None: ...
+
+    @abstractmethod
+    async def get_key_by_secret_sha256(self, digest: bytes) -> KeyRecord | None: ...
+
+    @abstractmethod
+    async def list_keys(self, where: KeyFilter, *, now: datetime, inactivity: float,
+                        limit: int = 100, cursor: str | None = None) -> Page:
+        """Keys in (created_at, key_id) order; ``next_cursor`` continues after the last."""
+
+    @abstractmethod
+    async def list_audit(self, *, target: str | None = None, action: str | None = None,
+                         limit: int = 100) -> list[AuditEntry]:
+        """Audit items, oldest first."""
+
+    @abstractmethod
+    async def max_change_seq(self) -> int:
+        """The highest ``key_changes.seq`` (0 when empty)."""
+
+    @abstractmethod
+    async def changes_since(self, seq: int, limit: int = 1000) -> list[KeyChange]:
+        """``key_changes`` rows with ``seq`` greater than ``seq``, in order."""
+
+    @abstractmethod
+    async def touch_last_used(self, uses: Mapping[str, datetime]) -> None:
+        """Batch-advance ``last_used_at`` (never moves it backwards)."""
+
+    @abstractmethod
+    async def count_by_kek_version(self) -> dict[int, int]: ...
+
+    @abstractmethod
+    async def rewrap_batch(self, target_version: int, limit: int, rewrap: Rewrap,
+                           at: datetime) -> int:
+        """Re-wrap up to ``limit`` records whose ``kek_version`` differs from the target,
+        logging each in ``key_changes``, in one transaction; the number re-wrapped."""
+
+
+def record_values(rec: KeyRecord) -> dict[str, Any]:
+    """A record as column values (times as datetimes; JSON columns as Python objects)."""
+    return {
+        "key_id": rec.key_id, "principal": rec.principal, "name": rec.name,
+        "scopes": list(rec.scopes), "created_at": rec.created_at, "expires_at": rec.expires_at,
+        "last_used_at": rec.last_used_at, "revoked_at": rec.revoked_at,
+        "revoke_reason": rec.revoke_reason, "revoked_by": rec.revoked_by,
+        "issued_with_mfa": rec.issued_with_mfa, "created_by": rec.created_by,
+        "rate_limit": rec.rate_limit.to_json() if rec.rate_limit else None,
+        "source_cidrs": list(rec.source_cidrs) if rec.source_cidrs is not None else None,
+        "rotated_from": rec.rotated_from, "rotated_to": rec.rotated_to,
+        "kek_version": rec.wrapped.kek_version, "nonce": rec.wrapped.nonce,
+        "ciphertext": rec.wrapped.ciphertext, "secret_sha256": rec.secret_sha256,
+    }
+
+
+def record_from_values(v: Mapping[str, Any]) -> KeyRecord:
+    """The inverse of :func:`record_values`."""
+    rate = v["rate_limit"]
+    cidrs = v["source_cidrs"]
+    return KeyRecord(
+        key_id=v["key_id"], principal=v["principal"], name=v["name"],
+        scopes=tuple(v["scopes"]), created_at=v["created_at"], expires_at=v["expires_at"],
+        last_used_at=v["last_used_at"], revoked_at=v["revoked_at"],
+        revoke_reason=v["revoke_reason"], revoked_by=v["revoked_by"],
+        issued_with_mfa=bool(v["issued_with_mfa"]), created_by=v["created_by"],
+        rate_limit=RateLimit(rps=rate["rps"], burst=rate["burst"]) if rate else None,
+        source_cidrs=tuple(cidrs) if cidrs is not None else None,
+        rotated_from=v["rotated_from"], rotated_to=v["rotated_to"],
+        wrapped=WrappedSecret(kek_version=v["kek_version"], nonce=bytes(v["nonce"]),
+                              ciphertext=bytes(v["ciphertext"])),
+        secret_sha256=bytes(v["secret_sha256"]),
+    )
+
+
+def encode_cursor(record: KeyRecord) -> str:
+    raw = orjson.dumps([record.created_at.isoformat(), record.key_id])
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        at, key_id = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        return datetime.fromisoformat(at), str(key_id)
+    except (ValueError, TypeError, binascii.Error, orjson.JSONDecodeError):
+        raise GatewayError("invalid_request", "malformed cursor") from None
+
+
+def filter_sql(where: KeyFilter, now: datetime, inactivity: float,
+               param: Callable[[Any], str]) -> list[str]:
+    """SQL conditions for a filter. ``param`` binds a value and returns its placeholder.
+
+    The status conditions restate :meth:`KeyRecord.status` (same order, same ``<=``);
+    the contract tests check the two agree for every status."""
+    conds: list[str] = []
+    if where.principal is not None:
+        conds.append(f"principal = {param(where.principal)}")
+    if where.created_after is not None:
+        conds.append(f"created_at > {param(where.created_after)}")
+    if where.created_before is not None:
+        conds.append(f"created_at < {param(where.created_before)}")
+    if where.expires_before is not None:
+        conds.append(f"expires_at < {param(where.expires_before)}")
+    if where.unused_since is not None:
+        conds.append(f"COALESCE(last_used_at, created_at) < {param(where.unused_since)}")
+    if where.issued_with_mfa is not None:
+        conds.append(f"issued_with_mfa = {param(where.issued_with_mfa)}")
+    if where.deadline_before is not None:
+        deadline = f"expires_at < {param(where.deadline_before)}"
+        if inactivity > 0:
+            cutoff = param(where.deadline_before - timedelta(seconds=inactivity))
+            deadline = f"({deadline} OR COALESCE(last_used_at, created_at) < {cutoff})"
+        conds.append(deadline)
+    if where.status is not None:
+        conds.append(_status_sql(where.status, now, inactivity, param))
+    return conds
+
+
+def _status_sql(status: Status, now: datetime, inactivity: float,
+                param: Callable[[Any], str]) -> str:
+    t = param(now)
+    revoked = f"(revoked_at IS NOT NULL AND revoked_at <= {t})"
+    expired = f"(expires_at IS NOT NULL AND expires_at <= {t})"
+    if status == "revoked":
+        return revoked
+    if status == "expired":
+        return f"NOT {revoked} AND {expired}"
+    inactive = "(1 = 0)"
+    if inactivity > 0:
+        cutoff = param(now - timedelta(seconds=inactivity))
+        inactive = f"(COALESCE(last_used_at, created_at) <= {cutoff})"
+    if status == "inactive":
+        return f"NOT {revoked} AND NOT {expired} AND {inactive}"
+    if status == "rotating":
+        return f"revoked_at > {t} AND NOT {expired} AND NOT {inactive}"
+    return f"revoked_at IS NULL AND NOT {expired} AND NOT {inactive}"

@@ -1,0 +1,265 @@
+"""PostgreSQL store (asyncpg pool), for several gateway instances sharing one database.
+
+``key_changes.seq`` comes from a sequence, and sequences hand out numbers in
+start order, not commit order: a poller that saw seq 11 could miss a seq 10 that
+commits later. Every transaction that appends to ``key_changes`` therefore takes
+one transaction-scoped advisory lock first, so seq order is commit order
+(DESIGN.md §3.2). Lifecycle writes are rare; the lock costs them little.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import asyncpg
+import orjson
+
+from gateway.keys.record import AuditEntry, KeyChange, KeyRecord, WrappedSecret
+from gateway.store.base import (
+    KEY_COLUMNS,
+    MUTABLE_COLUMNS,
+    KeyFilter,
+    Page,
+    Rewrap,
+    Store,
+    StoreError,
+    Transaction,
+    decode_cursor,
+    encode_cursor,
+    filter_sql,
+    record_from_values,
+    record_values,
+)
+from gateway.store.migrations import POSTGRES_MIGRATIONS
+
+__all__ = ["PostgresStore"]
+
+JSON_COLUMNS = frozenset({"scopes", "rate_limit", "source_cidrs"})
+SELECT_KEYS = f"SELECT {', '.join(KEY_COLUMNS)} FROM keys"
+CHANGES_LOCK = 0x67776B63  # "gwkc": orders key_changes.seq by commit
+MIGRATION_LOCK = 0x67776B6D  # "gwkm": one migrator at a time
+INSERT_KEY = (f"INSERT INTO keys ({', '.join(KEY_COLUMNS)}) VALUES "
+              f"({', '.join(f'${i}' + ('::jsonb' if c in JSON_COLUMNS else '') for i, c in enumerate(KEY_COLUMNS, 1))})")
+UPDATE_KEY = ("UPDATE keys SET "
+              + ", ".join(f"{c} = ${i}" + ("::jsonb" if c in JSON_COLUMNS else "")
+                          for i, c in enumerate(MUTABLE_COLUMNS, 2))
+              + " WHERE key_id = $1")
+
+
+def _json(value: Any) -> str | None:
+    return None if value is None else orjson.dumps(value).decode()
+
+
+def _decode(row: asyncpg.Record) -> KeyRecord:
+    v = dict(row)
+    for c in JSON_COLUMNS:
+        v[c] = None if v[c] is None else orjson.loads(v[c])
+    return record_from_values(v)
+
+
+def _encode(rec: KeyRecord, columns: Sequence[str]) -> list[Any]:
+    v = record_values(rec)
+    return [_json(v[c]) if c in JSON_COLUMNS else v[c] for c in columns]
+
+
+def _where(dsn: str) -> str:
+    """host:port/db for messages — never the password a DSN may carry."""
+    parts = urlsplit(dsn)
+    return f"{parts.hostname or 'localhost'}:{parts.port or 5432}{parts.path}"
+
+
+class _PostgresTx(Transaction):
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self._c = conn
+        self._changes_locked = False
+
+    async def lock_principals(self, principals: Sequence[str]) -> None:
+        # sorted, so two transactions never wait on each other in opposite orders
+        await self._c.execute(
+            "SELECT pg_advisory_xact_lock(h) FROM (SELECT DISTINCT hashtextextended(p, 0) AS h "
+            "FROM unnest($1::text[]) AS p ORDER BY h) AS s", list(principals))
+
+    async def live_keys(self, principals: Sequence[str], now: datetime) -> list[KeyRecord]:
+        rows = await self._c.fetch(
+            f"{SELECT_KEYS} WHERE principal = ANY($1::text[]) AND "
+            "(revoked_at IS NULL OR revoked_at > $2) AND (expires_at IS NULL OR expires_at > $2)",
+            list(principals), now)
+        return [_decode(r) for r in rows]
+
+    async def get_key(self, key_id: str) -> KeyRecord | None:
+        row = await self._c.fetchrow(f"{SELECT_KEYS} WHERE key_id = $1 FOR UPDATE", key_id)
+        return None if row is None else _decode(row)
+
+    async def insert_keys(self, records: Sequence[KeyRecord]) -> None:
+        await self._c.executemany(INSERT_KEY, [_encode(r, KEY_COLUMNS) for r in records])
+
+    async def update_key(self, record: KeyRecord) -> None:
+        await self._c.execute(UPDATE_KEY, record.key_id, *_encode(record, MUTABLE_COLUMNS))
+
+    async def add_audit(self, entries: Sequence[AuditEntry]) -> None:
+        await self._c.executemany(
+            "INSERT INTO audit (at, actor_key_id, actor_principal, action, target, source, "
+            "outcome, details) VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb)",
+            [(e.at, e.actor_key_id, e.actor_principal, e.action, e.target, e.source,
+              e.outcome, _json(e.details)) for e in entries])
+
+    async def add_changes(self, changes: Sequence[tuple[str, str, datetime]]) -> None:
+        if not self._changes_locked:
+            await self._c.execute("SELECT pg_advisory_xact_lock($1)", CHANGES_LOCK)
+            self._changes_locked = True
+        await self._c.execute(
+            "INSERT INTO key_changes (key_id, kind, at) "
+            "SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[])",
+            [c[0] for c in changes], [c[1] for c in changes], [c[2] for c in changes])
+
+
+class PostgresStore(Store):
+    """Open with :meth:`open`, which connects a pool and migrates the schema.
+
+    The DSN is asyncpg's; extra query parameters become server settings, so
+    ``?search_path=tenant_a`` puts the tables in schema ``tenant_a``."""
+
+    def __init__(self, pool: asyncpg.Pool, where: str) -> None:
+        self._pool = pool
+        self._where = where
+
+    @classmethod
+    async def open(cls, dsn: str, *, max_size: int = 10) -> PostgresStore:
+        where = _where(dsn)
+        try:
+            pool = await asyncpg.create_pool(dsn, min_size=1, max_size=max_size, timeout=10)
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StoreError(f"cannot connect to PostgreSQL at {where}: "
+                             f"{type(exc).__name__}: {exc}") from exc
+        store = cls(pool, where)
+        try:
+            store.applied_migrations = tuple(await store.migrate())
+        except BaseException:
+            await pool.close()
+            raise
+        return store
+
+    @asynccontextmanager
+    async def _conn(self) -> AsyncIterator[asyncpg.Connection]:
+        try:
+            async with self._pool.acquire() as conn:
+                yield conn
+        except (ConnectionError, TimeoutError, asyncpg.PostgresError,
+                asyncpg.InterfaceError) as exc:
+            raise StoreError(f"PostgreSQL at {self._where}: {type(exc).__name__}: {exc}") from exc
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    async def migrate(self) -> list[int]:
+        async with self._conn() as c, c.transaction():
+            await c.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
+            await c.execute("CREATE TABLE IF NOT EXISTS schema_migrations "
+                            "(version integer PRIMARY KEY, applied_at timestamptz NOT NULL)")
+            done = {r[0] for r in await c.fetch("SELECT version FROM schema_migrations")}
+            applied = []
+            for version, statements in POSTGRES_MIGRATIONS:
+                if version in done:
+                    continue
+                for stmt in statements:
+                    await c.execute(stmt)
+                await c.execute("INSERT INTO schema_migrations VALUES ($1, now())", version)
+                applied.append(version)
+            return applied
+
+    async def schema_version(self) -> int:
+        async with self._conn() as c:
+            return int(await c.fetchval("SELECT COALESCE(MAX(version), 0) FROM schema_migrations"))
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Transaction]:
+        async with self._conn() as c, c.transaction():
+            yield _PostgresTx(c)
+
+    async def get_key(self, key_id: str) -> KeyRecord | None:
+        async with self._conn() as c:
+            row = await c.fetchrow(f"{SELECT_KEYS} WHERE key_id = $1", key_id)
+        return None if row is None else _decode(row)
+
+    async def get_key_by_secret_sha256(self, digest: bytes) -> KeyRecord | None:
+        async with self._conn() as c:
+            row = await c.fetchrow(f"{SELECT_KEYS} WHERE secret_sha256 = $1", digest)
+        return None if row is None else _decode(row)
+
+    async def list_keys(self, where: KeyFilter, *, now: datetime, inactivity: float,
+                        limit: int = 100, cursor: str | None = None) -> Page:
+        params: list[Any] = []
+
+        def param(value: Any) -> str:
+            params.append(value)
+            return f"${len(params)}"
+
+        conds = filter_sql(where, now, inactivity, param)
+        if cursor is not None:
+            at, key_id = decode_cursor(cursor)
+            conds.append(f"(created_at, key_id) > ({param(at)}, {param(key_id)})")
+        sql = (f"{SELECT_KEYS} {'WHERE ' + ' AND '.join(conds) if conds else ''} "
+               f"ORDER BY created_at, key_id LIMIT {int(limit) + 1}")
+        async with self._conn() as c:
+            rows = await c.fetch(sql, *params)
+        items = [_decode(r) for r in rows[:limit]]
+        return Page(items, encode_cursor(items[-1]) if len(rows) > limit else None)
+
+    async def list_audit(self, *, target: str | None = None, action: str | None = None,
+                         limit: int = 100) -> list[AuditEntry]:
+        async with self._conn() as c:
+            rows = await c.fetch(
+                "SELECT * FROM audit WHERE ($1::text IS NULL OR target = $1) AND "
+                "($2::text IS NULL OR action = $2) ORDER BY id LIMIT $3", target, action, limit)
+        return [AuditEntry(id=r["id"], at=r["at"], actor_key_id=r["actor_key_id"],
+                           actor_principal=r["actor_principal"], action=r["action"],
+                           target=r["target"], source=r["source"], outcome=r["outcome"],
+                           details=orjson.loads(r["details"])) for r in rows]
+
+    async def max_change_seq(self) -> int:
+        async with self._conn() as c:
+            return int(await c.fetchval("SELECT COALESCE(MAX(seq), 0) FROM key_changes"))
+
+    async def changes_since(self, seq: int, limit: int = 1000) -> list[KeyChange]:
+        async with self._conn() as c:
+            rows = await c.fetch("SELECT seq, key_id, kind, at FROM key_changes WHERE seq > $1 "
+                                 "ORDER BY seq LIMIT $2", seq, limit)
+        return [KeyChange(r["seq"], r["key_id"], r["kind"], r["at"]) for r in rows]
+
+    async def touch_last_used(self, uses: Mapping[str, datetime]) -> None:
+        async with self._conn() as c:
+            await c.execute(
+                "UPDATE keys SET last_used_at = u.at FROM unnest($1::text[], $2::timestamptz[]) "
+                "AS u(key_id, at) WHERE keys.key_id = u.key_id AND "
+                "(keys.last_used_at IS NULL OR keys.last_used_at < u.at)",
+                list(uses), list(uses.values()))
+
+    async def count_by_kek_version(self) -> dict[int, int]:
+        async with self._conn() as c:
+            rows = await c.fetch("SELECT kek_version, COUNT(*) FROM keys GROUP BY kek_version")
+        return {int(r[0]): int(r[1]) for r in rows}
+
+    async def rewrap_batch(self, target_version: int, limit: int, rewrap: Rewrap,
+                           at: datetime) -> int:
+        async with self._conn() as c, c.transaction():
+            # SKIP LOCKED: two re-wrappers (or a re-wrap and a revoke) never block each other
+            rows = await c.fetch(
+                "SELECT key_id, kek_version, nonce, ciphertext FROM keys WHERE kek_version <> $1 "
+                "LIMIT $2 FOR UPDATE SKIP LOCKED", target_version, limit)
+            if not rows:
+                return 0
+            new = [rewrap(r["key_id"], WrappedSecret(r["kek_version"], r["nonce"],
+                                                     r["ciphertext"])) for r in rows]
+            ids = [r["key_id"] for r in rows]
+            await c.execute(
+                "UPDATE keys SET kek_version = u.v, nonce = u.n, ciphertext = u.c FROM "
+                "unnest($1::text[], $2::int[], $3::bytea[], $4::bytea[]) AS u(k, v, n, c) "
+                "WHERE keys.key_id = u.k", ids, [w.kek_version for w in new],
+                [w.nonce for w in new], [w.ciphertext for w in new])
+            tx = _PostgresTx(c)
+            await tx.add_changes([(k, "rewrapped", at) for k in ids])
+            return len(rows)

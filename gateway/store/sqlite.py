@@ -1,0 +1,307 @@
+"""SQLite store: the embedded default (one file, WAL mode, stdlib ``sqlite3``).
+
+One connection, used from one worker thread, so the event loop never blocks on
+disk. An ``asyncio.Lock`` gives each transaction the connection to itself;
+``BEGIN IMMEDIATE`` and ``busy_timeout`` serialise it against other processes
+(the CLI next to a running ``serve``). Times are stored as fixed-width RFC 3339
+text (``2026-01-02T03:04:05.000006Z``), which sorts like the instants it names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import orjson
+
+from gateway.keys.record import AuditEntry, KeyChange, KeyRecord, WrappedSecret
+from gateway.store.base import (
+    KEY_COLUMNS,
+    MUTABLE_COLUMNS,
+    KeyFilter,
+    Page,
+    Rewrap,
+    Store,
+    StoreError,
+    Transaction,
+    decode_cursor,
+    encode_cursor,
+    filter_sql,
+    record_from_values,
+    record_values,
+)
+from gateway.store.migrations import SQLITE_MIGRATIONS
+
+__all__ = ["SQLiteStore"]
+
+T = TypeVar("T")
+JSON_COLUMNS = frozenset({"scopes", "rate_limit", "source_cidrs"})
+TIME_COLUMNS = frozenset({"created_at", "expires_at", "last_used_at", "revoked_at"})
+SELECT_KEYS = f"SELECT {', '.join(KEY_COLUMNS)} FROM keys"
+
+
+def _t(at: datetime) -> str:
+    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _bind(value: Any) -> Any:
+    return _t(value) if isinstance(value, datetime) else value
+
+
+def _encode(rec: KeyRecord) -> dict[str, Any]:
+    out = record_values(rec)
+    for c in JSON_COLUMNS:
+        out[c] = None if out[c] is None else orjson.dumps(out[c]).decode()
+    for c in TIME_COLUMNS:
+        out[c] = None if out[c] is None else _t(out[c])
+    out["issued_with_mfa"] = int(out["issued_with_mfa"])
+    return out
+
+
+def _decode(row: sqlite3.Row) -> KeyRecord:
+    v = dict(zip(KEY_COLUMNS, row, strict=True))
+    for c in JSON_COLUMNS:
+        v[c] = None if v[c] is None else orjson.loads(v[c])
+    for c in TIME_COLUMNS:
+        v[c] = None if v[c] is None else datetime.fromisoformat(v[c])
+    return record_from_values(v)
+
+
+class _SQLiteTx(Transaction):
+    def __init__(self, store: SQLiteStore) -> None:
+        self._s = store
+
+    async def lock_principals(self, principals: Sequence[str]) -> None:
+        return None  # BEGIN IMMEDIATE already holds the database's one write lock
+
+    async def live_keys(self, principals: Sequence[str], now: datetime) -> list[KeyRecord]:
+        if not principals:
+            return []
+        marks = ", ".join("?" * len(principals))
+        sql = (f"{SELECT_KEYS} WHERE principal IN ({marks}) "
+               "AND (revoked_at IS NULL OR revoked_at > ?) AND (expires_at IS NULL OR expires_at > ?)")
+        rows = await self._s._run(lambda c: c.execute(sql, (*principals, _t(now), _t(now)))
+                                  .fetchall())
+        return [_decode(r) for r in rows]
+
+    async def get_key(self, key_id: str) -> KeyRecord | None:
+        return await self._s._get(key_id)
+
+    async def insert_keys(self, records: Sequence[KeyRecord]) -> None:
+        sql = (f"INSERT INTO keys ({', '.join(KEY_COLUMNS)}) "
+               f"VALUES ({', '.join(':' + c for c in KEY_COLUMNS)})")
+        rows = [_encode(r) for r in records]
+        await self._s._run(lambda c: c.executemany(sql, rows))
+
+    async def update_key(self, record: KeyRecord) -> None:
+        sql = (f"UPDATE keys SET {', '.join(f'{c} = :{c}' for c in MUTABLE_COLUMNS)} "
+               "WHERE key_id = :key_id")
+        row = _encode(record)
+        await self._s._run(lambda c: c.execute(sql, row))
+
+    async def add_audit(self, entries: Sequence[AuditEntry]) -> None:
+        sql = ("INSERT INTO audit (at, actor_key_id, actor_principal, action, target, source, "
+               "outcome, details) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+        rows = [(_t(e.at), e.actor_key_id, e.actor_principal, e.action, e.target, e.source,
+                 e.outcome, orjson.dumps(e.details).decode()) for e in entries]
+        await self._s._run(lambda c: c.executemany(sql, rows))
+
+    async def add_changes(self, changes: Sequence[tuple[str, str, datetime]]) -> None:
+        rows = [(k, kind, _t(at)) for k, kind, at in changes]
+        await self._s._run(lambda c: c.executemany(
+            "INSERT INTO key_changes (key_id, kind, at) VALUES (?, ?, ?)", rows))
+
+
+class SQLiteStore(Store):
+    """Open with :meth:`open`, which creates the file and migrates the schema."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
+        self._lock = asyncio.Lock()
+        self._conn: sqlite3.Connection | None = None
+
+    @classmethod
+    async def open(cls, path: str) -> SQLiteStore:
+        store = cls(path)
+        try:
+            await store._run(store._connect)
+            store.applied_migrations = tuple(await store.migrate())
+        except BaseException:
+            await store.close()
+            raise
+        return store
+
+    def _connect(self, _: sqlite3.Connection | None) -> None:
+        try:
+            Path(self.path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA busy_timeout = 10000")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"cannot open SQLite database {self.path}: {exc}") from exc
+        self._conn = conn
+
+    async def _run(self, fn: Callable[[Any], T]) -> T:
+        """Run ``fn(connection)`` on the store's thread; the caller holds the lock
+        (inside a transaction) or needs none (opening, closing)."""
+        def call() -> T:
+            try:
+                return fn(self._conn)
+            except sqlite3.Error as exc:
+                raise StoreError(f"SQLite database {self.path}: {exc}") from exc
+        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+
+    async def _locked(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        async with self._lock:
+            return await self._run(fn)
+
+    async def close(self) -> None:
+        def shut(conn: sqlite3.Connection | None) -> None:
+            if conn is not None:
+                conn.close()
+        if self._conn is not None:
+            await self._run(shut)
+            self._conn = None
+        self._executor.shutdown(wait=True)
+
+    async def migrate(self) -> list[int]:
+        def run(c: sqlite3.Connection) -> list[int]:
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                c.execute("CREATE TABLE IF NOT EXISTS schema_migrations "
+                          "(version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)")
+                done = {r[0] for r in c.execute("SELECT version FROM schema_migrations")}
+                applied = []
+                for version, statements in SQLITE_MIGRATIONS:
+                    if version in done:
+                        continue
+                    for stmt in statements:
+                        c.execute(stmt)
+                    c.execute("INSERT INTO schema_migrations VALUES (?, ?)",
+                              (version, _t(datetime.now(UTC))))
+                    applied.append(version)
+                c.execute("COMMIT")
+                return applied
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+        return await self._locked(run)
+
+    async def schema_version(self) -> int:
+        return await self._locked(lambda c: int(c.execute(
+            "SELECT COALESCE(MAX(version), 0) FROM schema_migrations").fetchone()[0]))
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Transaction]:
+        async with self._lock:
+            await self._run(lambda c: c.execute("BEGIN IMMEDIATE"))
+            try:
+                yield _SQLiteTx(self)
+            except BaseException:
+                await asyncio.shield(self._run(lambda c: c.execute("ROLLBACK")))
+                raise
+            await self._run(lambda c: c.execute("COMMIT"))
+
+    async def _get(self, key_id: str) -> KeyRecord | None:
+        row = await self._run(lambda c: c.execute(f"{SELECT_KEYS} WHERE key_id = ?",
+                                                  (key_id,)).fetchone())
+        return None if row is None else _decode(row)
+
+    async def get_key(self, key_id: str) -> KeyRecord | None:
+        async with self._lock:
+            return await self._get(key_id)
+
+    async def get_key_by_secret_sha256(self, digest: bytes) -> KeyRecord | None:
+        row = await self._locked(lambda c: c.execute(
+            f"{SELECT_KEYS} WHERE secret_sha256 = ?", (digest,)).fetchone())
+        return None if row is None else _decode(row)
+
+    async def list_keys(self, where: KeyFilter, *, now: datetime, inactivity: float,
+                        limit: int = 100, cursor: str | None = None) -> Page:
+        params: list[Any] = []
+
+        def param(value: Any) -> str:
+            params.append(_bind(value))
+            return f"?{len(params)}"  # numbered: a placeholder may be used twice
+
+        conds = filter_sql(where, now, inactivity, param)
+        if cursor is not None:
+            at, key_id = decode_cursor(cursor)
+            conds.append(f"(created_at > {param(at)} OR (created_at = {param(at)} "
+                         f"AND key_id > {param(key_id)}))")
+        sql = (f"{SELECT_KEYS} {'WHERE ' + ' AND '.join(conds) if conds else ''} "
+               f"ORDER BY created_at, key_id LIMIT {int(limit) + 1}")
+        rows = await self._locked(lambda c: c.execute(sql, params).fetchall())
+        items = [_decode(r) for r in rows[:limit]]
+        return Page(items, encode_cursor(items[-1]) if len(rows) > limit else None)
+
+    async def list_audit(self, *, target: str | None = None, action: str | None = None,
+                         limit: int = 100) -> list[AuditEntry]:
+        conds, params = [], []
+        for column, value in (("target", target), ("action", action)):
+            if value is not None:
+                conds.append(f"{column} = ?")
+                params.append(value)
+        sql = ("SELECT id, at, actor_key_id, actor_principal, action, target, source, outcome, "
+               f"details FROM audit {'WHERE ' + ' AND '.join(conds) if conds else ''} "
+               f"ORDER BY id LIMIT {int(limit)}")
+        rows = await self._locked(lambda c: c.execute(sql, params).fetchall())
+        return [AuditEntry(id=r[0], at=datetime.fromisoformat(r[1]), actor_key_id=r[2],
+                           actor_principal=r[3], action=r[4], target=r[5], source=r[6],
+                           outcome=r[7], details=orjson.loads(r[8])) for r in rows]
+
+    async def max_change_seq(self) -> int:
+        return await self._locked(lambda c: int(c.execute(
+            "SELECT COALESCE(MAX(seq), 0) FROM key_changes").fetchone()[0]))
+
+    async def changes_since(self, seq: int, limit: int = 1000) -> list[KeyChange]:
+        rows = await self._locked(lambda c: c.execute(
+            "SELECT seq, key_id, kind, at FROM key_changes WHERE seq > ? ORDER BY seq LIMIT ?",
+            (seq, limit)).fetchall())
+        return [KeyChange(r[0], r[1], r[2], datetime.fromisoformat(r[3])) for r in rows]
+
+    async def touch_last_used(self, uses: Mapping[str, datetime]) -> None:
+        rows = [(_t(at), k, _t(at)) for k, at in uses.items()]
+
+        def run(c: sqlite3.Connection) -> None:
+            c.execute("BEGIN IMMEDIATE")
+            c.executemany("UPDATE keys SET last_used_at = ? WHERE key_id = ? AND "
+                          "(last_used_at IS NULL OR last_used_at < ?)", rows)
+            c.execute("COMMIT")
+        await self._locked(run)
+
+    async def count_by_kek_version(self) -> dict[int, int]:
+        rows = await self._locked(lambda c: c.execute(
+            "SELECT kek_version, COUNT(*) FROM keys GROUP BY kek_version").fetchall())
+        return {int(v): int(n) for v, n in rows}
+
+    async def rewrap_batch(self, target_version: int, limit: int, rewrap: Rewrap,
+                           at: datetime) -> int:
+        def run(c: sqlite3.Connection) -> int:
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                rows = c.execute("SELECT key_id, kek_version, nonce, ciphertext FROM keys "
+                                 "WHERE kek_version <> ? LIMIT ?",
+                                 (target_version, limit)).fetchall()
+                updates = []
+                for key_id, version, nonce, ct in rows:
+                    new = rewrap(key_id, WrappedSecret(version, nonce, ct))
+                    updates.append((new.kek_version, new.nonce, new.ciphertext, key_id, version))
+                c.executemany("UPDATE keys SET kek_version = ?, nonce = ?, ciphertext = ? "
+                              "WHERE key_id = ? AND kek_version = ?", updates)
+                c.executemany("INSERT INTO key_changes (key_id, kind, at) VALUES (?, ?, ?)",
+                              [(u[3], "rewrapped", _t(at)) for u in updates])
+                c.execute("COMMIT")
+                return len(updates)
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+        return await self._locked(run)
