@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 import pytest
-from keystore_fixtures import NOW
+from .keystore_fixtures import NOW
 
 from gateway.cli import main
 from gateway.cli.output import ProgressBar

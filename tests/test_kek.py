@@ -11,7 +11,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from keystore_fixtures import ACTOR, NOW
+from .keystore_fixtures import ACTOR, NOW
 
 from gateway.kek import (
     Keyring,

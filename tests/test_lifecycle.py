@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from keystore_fixtures import ACTOR, NOW
+from .keystore_fixtures import ACTOR, NOW
 
 from gateway.config import PolicyConfig
 from gateway.kek import Keyring

@@ -11,7 +11,7 @@ from typing import Any
 
 import asyncpg
 import pytest
-from keystore_fixtures import ACTOR, NOW
+from .keystore_fixtures import ACTOR, NOW
 
 from gateway.config import PolicyConfig
 from gateway.kek import Keyring
