@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 
 from gateway.cli import kek as kek_cmd
 from gateway.cli import keys as keys_cmd
+from gateway.cli import serve as serve_cmd
 from gateway.cli.common import Context, cli_actor
 from gateway.config import ConfigError, load_config
 from gateway.errors import GatewayError
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     keys_cmd.add_parsers(sub, common)
     kek_cmd.add_parsers(sub, common)
+    serve_cmd.add_parsers(sub, common)
     return parser
 
 

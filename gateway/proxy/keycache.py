@@ -1,0 +1,139 @@
+"""Per-process cache of verified key material (DESIGN §3 "cache", §3.2).
+
+One store read serves many requests: entries live ``ttl`` seconds, unknown key IDs
+are cached negatively for ``negative_ttl``, concurrent misses for one key ID share
+one store read (single flight), and when the store is unreachable an entry may be
+served up to ``serve_stale`` past its TTL. Lifecycle changes reach every worker
+through the store's ``key_changes`` log, polled every ``change_poll`` seconds.
+The plaintext secret exists only here, in memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from ..errors import GatewayError
+from ..kek import KekError, Keyring
+from ..keys.record import KeyRecord
+from ..store import Store, StoreError
+
+__all__ = ["CacheStats", "KeyCache", "KeyEntry"]
+
+log = logging.getLogger("gateway.cache")
+
+
+@dataclass(slots=True)
+class KeyEntry:
+    record: KeyRecord
+    secret: bytes  # the HMAC key: ASCII bytes of the secret
+
+    def __repr__(self) -> str:
+        return f"KeyEntry({self.record.key_id!r})"
+
+
+@dataclass(slots=True)
+class CacheStats:
+    hits: int = 0
+    misses: int = 0
+    store_reads: int = 0
+    store_errors: int = 0
+    stale_served: int = 0
+
+
+class KeyCache:
+    def __init__(self, store: Store, keyring: Keyring, *, ttl: float, negative_ttl: float,
+                 max_entries: int, serve_stale: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._store = store
+        self._keyring = keyring
+        self._ttl = ttl
+        self._negative_ttl = negative_ttl
+        self._max_entries = max_entries
+        self._serve_stale = serve_stale
+        self._clock = clock
+        # key_id -> (entry or None for "unknown", loaded at)
+        self._entries: dict[str, tuple[KeyEntry | None, float]] = {}
+        self._inflight: dict[str, asyncio.Future[KeyEntry | None]] = {}
+        self._seen_seq: int | None = None  # None until the first poll
+        self.stats = CacheStats()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    async def get(self, key_id: str) -> KeyEntry | None:
+        """The key's entry, or ``None`` when the store has no such key."""
+        cached = self._entries.get(key_id)
+        now = self._clock()
+        if cached is not None:
+            entry, loaded = cached
+            if now - loaded < (self._ttl if entry is not None else self._negative_ttl):
+                self.stats.hits += 1
+                return entry
+        self.stats.misses += 1
+        task = self._inflight.get(key_id)
+        if task is None:  # single flight: one store read however many requests wait for it
+            task = asyncio.ensure_future(self._load(key_id, cached, now))
+            self._inflight[key_id] = task
+            task.add_done_callback(lambda _: self._inflight.pop(key_id, None))
+        # shielded: a client that goes away must not cancel the read the others await
+        return await asyncio.shield(task)
+
+    async def _load(self, key_id: str, cached: tuple[KeyEntry | None, float] | None,
+                    now: float) -> KeyEntry | None:
+        self.stats.store_reads += 1
+        try:
+            record = await self._store.get_key(key_id)
+        except StoreError:
+            self.stats.store_errors += 1
+            if cached is not None and now - cached[1] < self._ttl + self._serve_stale:
+                self.stats.stale_served += 1
+                return cached[0]
+            raise
+        entry = None
+        if record is not None:
+            try:
+                secret = self._keyring.unwrap_secret(key_id, record.wrapped).hmac_key()
+            except KekError as exc:  # an operator problem: say so in the log, not to the client
+                log.error("cannot unwrap key material: %s", exc)
+                raise GatewayError("store_unavailable", "key material is unavailable") from None
+            entry = KeyEntry(record, secret)
+        self._put(key_id, entry, self._clock())
+        return entry
+
+    def _put(self, key_id: str, entry: KeyEntry | None, at: float) -> None:
+        self._entries.pop(key_id, None)
+        while len(self._entries) >= self._max_entries:  # oldest first (insertion order)
+            del self._entries[next(iter(self._entries))]
+        self._entries[key_id] = (entry, at)
+
+    def drop(self, key_ids: Iterable[str]) -> None:
+        for key_id in key_ids:
+            self._entries.pop(key_id, None)
+
+    async def poll_changes(self) -> int:
+        """Drop every key changed since the last poll; the number of changes seen."""
+        seq = await self._store.max_change_seq()
+        if self._seen_seq is None:  # first poll: nothing cached predates it
+            self._seen_seq = seq
+            return 0
+        seen = 0
+        while seq > self._seen_seq:
+            changes = await self._store.changes_since(self._seen_seq)
+            if not changes:
+                break
+            self.drop(c.key_id for c in changes)
+            self._seen_seq = changes[-1].seq
+            seen += len(changes)
+        return seen
+
+    async def run_change_poll(self, interval: float) -> None:
+        while True:
+            try:
+                await self.poll_changes()
+            except (StoreError, OSError) as exc:
+                log.warning("change poll failed: %s", exc)
+            await asyncio.sleep(interval)

@@ -1,0 +1,238 @@
+"""The request pipeline (DESIGN §3.1): every step a request takes, top to bottom, in
+:meth:`DataPlane.handle`. Each check raises a catalogue ``GatewayError``; nothing
+here writes to the store or awaits Redis per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import orjson
+from aiohttp import web
+
+from ..config import Config
+from ..errors import GatewayError, SignatureError
+from ..keys.formats import is_well_formed_key_id
+from ..keys.record import KeyRecord, rfc3339
+from ..signing import Body, Policy, Request, Verified, parse
+from .accesslog import AccessLog
+from .forward import Forwarder, UpstreamRequest
+from .headers import TrustedProxies, upstream_headers
+from .keycache import KeyCache
+from .replay import ReplayGuard
+from .routes import Route, RouteTable, check_target, scope_allows
+from .usage import UsageRecorder
+
+__all__ = ["DataPlane", "error_response"]
+
+# verified against when the key ID is unknown, so both cost the same (DESIGN §5)
+_DUMMY_SECRET = ("gws_" + secrets.token_urlsafe(40)).encode("ascii")
+_PRESIGN_PARAMS = ("X-Amz-Algorithm=", "X-Amz-Credential=", "X-Amz-Date=", "X-Amz-Expires=",
+                   "X-Amz-SignedHeaders=", "X-Amz-Signature=")
+
+
+def error_response(exc: GatewayError, extra: list[tuple[str, str]] | None = None
+                   ) -> web.Response:
+    response = web.Response(status=exc.status, body=orjson.dumps(exc.body()),
+                            content_type="application/json")
+    if exc.code == "rate_limited":
+        response.headers["Retry-After"] = "1"
+    for name, value in extra or ():
+        response.headers[name] = value
+    return response
+
+
+@dataclass(slots=True)
+class Counters:
+    """Plain counters, rendered only when /metrics is scraped."""
+
+    requests: dict[tuple[str, int, str], int] = field(default_factory=dict)
+
+    def count(self, route: str, status: int, outcome: str) -> None:
+        key = (route, status, outcome)
+        self.requests[key] = self.requests.get(key, 0) + 1
+
+
+class DataPlane:
+    def __init__(self, config: Config, cache: KeyCache, forwarder: Forwarder,
+                 usage: UsageRecorder, access_log: AccessLog) -> None:
+        self.config = config
+        self.routes = RouteTable(config.routes, config.auth)
+        self.reserved_policy = Policy.from_config(config.auth)
+        self.cache = cache
+        self.forwarder = forwarder
+        self.usage = usage
+        self.access_log = access_log
+        self.replay = ReplayGuard()
+        self.trusted = TrustedProxies(config.server.trusted_proxies)
+        self.counters = Counters()
+        self._max_headers = config.server.max_headers
+        self._body_timeout = config.server.body_timeout
+        self._scheme = config.server.public_scheme or None
+        self._authority = config.server.public_authority or None
+        self._inactivity = config.policy.inactivity
+        self._warning = config.auth.expiry_warning
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        now = time.time()
+        response, key_id = await self._handle(request, now)
+        if self.access_log.enabled:
+            self.access_log.write({
+                "at": now, "request_id": response.headers.get("X-Request-Id"),
+                "peer": request.remote, "method": request.method[:16],
+                "path": request.path[:256], "status": response.status, "key_id": key_id,
+                "ms": round((time.time() - now) * 1000, 3)})
+        return response
+
+    async def _handle(self, request: web.BaseRequest, now: float
+                      ) -> tuple[web.StreamResponse, str | None]:
+        request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+        answer = [("X-Request-Id", request_id)]
+        route_name, outcome = "-", "ok"
+        try:
+            # 1. size of the head, target form and the path rule (400) — before anything else
+            headers = _decoded_headers(request, self._max_headers)
+            path, query = check_target(request.raw_path)
+            if request.headers.get("Upgrade"):
+                raise GatewayError("not_implemented", "protocol upgrades are not supported")
+            # 2. reserved endpoints, then the route (404 before any key lookup)
+            reserved = path.startswith("/_gateway/")
+            route = None if reserved else self.routes.match(path)
+            if route is None and not reserved:
+                raise GatewayError("route_not_found", "no route serves this path")
+            route_name = route.prefix if route else path
+            # 3. a declared body over the limit is refused before reading it (413)
+            max_body = route.max_body if route else 64 * 1024
+            declared = request.content_length
+            if declared is not None and declared > max_body:
+                raise GatewayError("body_too_large", f"the body exceeds {max_body} bytes")
+            # 4. the signature: scheme, structure, policy, clock (400/401), no secret yet
+            signed = Request(request.method, request.raw_path, headers,
+                             scheme=self._scheme or request.scheme, authority=self._authority)
+            auth = parse(signed, route.policy if route else self.reserved_policy, now)
+            # 5. a malformed key ID is refused without any lookup
+            well_formed = is_well_formed_key_id(auth.key_id)
+            # 6. the body, under the limit (answers Expect: 100-continue first)
+            body = await self._read_body(request, max_body)
+            # 7. the key (cache, then store: 503 only if the store is down and it is not cached)
+            entry = await self.cache.get(auth.key_id) if well_formed else None
+            # 8. the MAC, against a dummy secret when the key is unknown (same cost, same code)
+            facts = auth.verify(entry.secret if entry else _DUMMY_SECRET, Body(body))
+            if entry is None:
+                raise SignatureError("signature_invalid", "the signature does not match the request")
+            record = entry.record
+            answer += self._expiry_warning(record, now)
+            # 9. replay, then key status, then policy and scope (only now may we say why)
+            if (route is None or route.replay_applies(request.method)) and not \
+                    self.replay.first_use(facts.replay_token, facts.replay_until, now):
+                raise GatewayError("replayed", "this signed request was already used")
+            self._check_key(record, request, now)
+            self.usage.record(record.key_id, now)
+            if route is None:
+                return await self._reserved(request, path, record, answer), record.key_id
+            required = route.required_scope(request.method)
+            if required is not None and not scope_allows(record.scopes, required):
+                raise GatewayError("scope_denied",
+                                   f"the key may not {request.method[:16]} here")
+            # 10. forward exactly what was verified
+            target = route.upstream_target(path, _strip_presign(query, facts))
+            upstream = UpstreamRequest(request.method, target, upstream_headers(
+                headers, peer=_peer(request), peer_trusted=self.trusted.trusts(_peer(request)),
+                scheme=request.scheme, host=request.host,
+                identity=[("X-Gateway-Key-Id", record.key_id),
+                          ("X-Gateway-Principal", record.principal),
+                          ("X-Request-Id", request_id)]), body)
+            response = await self.forwarder.forward(request, route, upstream, answer)
+            self.counters.count(route_name, response.status, outcome)
+            return response, record.key_id
+        except GatewayError as exc:
+            self.counters.count(route_name, exc.status, exc.code)
+            return error_response(exc, answer), None
+
+    async def _read_body(self, request: web.BaseRequest, limit: int) -> bytes:
+        if not request.body_exists:
+            return b""
+        if request.headers.get("Expect", "").lower() == "100-continue":
+            # the low-level server does not answer it: every check that needs no body passed
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            async with asyncio.timeout(self._body_timeout):
+                while chunk := await request.content.readany():
+                    size += len(chunk)
+                    if size > limit:
+                        raise GatewayError("body_too_large", f"the body exceeds {limit} bytes")
+                    chunks.append(chunk)
+        except TimeoutError:
+            raise GatewayError("malformed_request", "the body did not arrive in time") from None
+        return b"".join(chunks)
+
+    def _check_key(self, record: KeyRecord, request: web.BaseRequest, now: float) -> None:
+        status = record.status(datetime.fromtimestamp(now, UTC), self._inactivity)
+        if status == "revoked":
+            raise GatewayError("key_revoked", "the key has been revoked")
+        if status == "expired":
+            raise GatewayError("key_expired", "the key has expired")
+        if status == "inactive":
+            raise GatewayError("key_inactive", "the key expired after a long time unused")
+        if self.config.policy.reject_keys_without_mfa and not record.issued_with_mfa:
+            raise GatewayError("mfa_required", "keys issued without MFA are refused")
+        if record.source_cidrs is not None:
+            peer = _peer(request)
+            client = self.trusted.client_address(peer, request.headers.get("X-Forwarded-For"))
+            if not TrustedProxies(record.source_cidrs).trusts(client):
+                raise GatewayError("source_denied", "the key may not be used from this address")
+
+    def _expiry_warning(self, record: KeyRecord, now: float) -> list[tuple[str, str]]:
+        deadline = record.deadline(self._inactivity)
+        if deadline is not None and deadline.timestamp() - now <= self._warning:
+            return [("Gateway-Key-Expires", rfc3339(deadline) or "")]
+        return []
+
+    async def _reserved(self, request: web.BaseRequest, path: str, record: KeyRecord,
+                        answer: list[tuple[str, str]]) -> web.StreamResponse:
+        if path != "/_gateway/whoami":
+            raise GatewayError("route_not_found", "no such gateway endpoint")
+        if request.method != "GET":
+            raise GatewayError("invalid_request", "whoami answers GET only")
+        now = datetime.now(UTC)
+        body = record.to_api(now, self._inactivity)
+        body["inactive_after"] = rfc3339(record.inactive_after(self._inactivity))
+        body["may_self_rotate"] = self.config.policy.allow_self_rotate and scope_allows(
+            record.scopes, "self:rotate")
+        response = web.Response(body=orjson.dumps(body), content_type="application/json")
+        for name, value in answer:
+            response.headers[name] = value
+        return response
+
+
+def _peer(request: web.BaseRequest) -> str:
+    return request.remote or ""
+
+
+def _decoded_headers(request: web.BaseRequest, limit: int) -> tuple[tuple[str, str], ...]:
+    """Raw header lines as text, with their total size checked against [server] max_headers."""
+    size = 0
+    out = []
+    for name, value in request.raw_headers:
+        size += len(name) + len(value) + 4
+        out.append((name.decode("latin-1"), value.decode("utf-8", "surrogateescape")))
+    if size > limit:
+        raise GatewayError("headers_too_large", f"the request headers exceed {limit} bytes")
+    return tuple(out)
+
+
+def _strip_presign(query: str | None, facts: Verified) -> str | None:
+    """Presigned URLs: the six auth parameters never reach the upstream's logs;
+    every other byte of the query stays as sent (DESIGN §2.1)."""
+    if query is None or facts.scheme != "sigv4-query":
+        return query
+    kept = [p for p in query.split("&") if not p.startswith(_PRESIGN_PARAMS)]
+    return "&".join(kept) if kept else None
+
