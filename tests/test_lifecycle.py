@@ -245,3 +245,25 @@ async def test_concurrent_lifecycle_leaves_no_half_written_key(
         assert [c.seq for c in changes] == sorted(c.seq for c in changes)
     finally:
         await store.close()
+
+
+async def test_update_changes_only_what_is_given_and_is_audited(manager: KeyManager) -> None:
+    k = await manager.create(NewKey(principal="svc", name="a", scopes=("api:read",),
+                                    source_cidrs=("10.0.0.0/8",)), actor=ACTOR, now=NOW)
+    key_id = k.record.key_id
+    seq = await manager.store.max_change_seq()
+    new = await manager.update(key_id, actor=ACTOR, now=NOW, scopes=["api:read", "api:write"],
+                               source_cidrs=None)
+    assert new.scopes == ("api:read", "api:write") and new.source_cidrs is None
+    assert new.name == "a" and new == await manager.get(key_id)
+    assert await manager.update(key_id, actor=ACTOR, now=NOW, name="a") == new  # no-op
+    with pytest.raises(PolicyViolation, match="scope"):
+        await manager.update(key_id, actor=ACTOR, now=NOW, scopes=["bad scope"])
+    audit = await manager.store.list_audit(action="key.updated")
+    assert [(e.target, e.details) for e in audit] == [
+        (key_id, {"scopes": ["api:read", "api:write"], "source_cidrs": None})]
+    assert [(c.key_id, c.kind) for c in await manager.store.changes_since(seq)] == [
+        (key_id, "updated")]
+    await manager.revoke(key_id, actor=ACTOR, now=NOW)
+    with pytest.raises(PolicyViolation, match="revoked"):
+        await manager.update(key_id, actor=ACTOR, now=NOW, name="b")

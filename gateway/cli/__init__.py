@@ -77,3 +77,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail(str(exc), 1)
     except KeyboardInterrupt:
         return fail("interrupted (a re-wrap can be resumed by running it again)", 130)
+    except Exception as exc:  # noqa: BLE001 - a bug: still one line, never a traceback
+        return fail(f"unexpected {type(exc).__name__}: {exc}", 1)

@@ -29,7 +29,9 @@ def _expiry_options(p: argparse.ArgumentParser) -> None:
 def _expiry(args: argparse.Namespace) -> Expiry:
     if args.no_expiry:
         return NEVER
-    return args.expires_at if args.expires_at is not None else args.expires_in
+    expiry: datetime | float | None = (
+        args.expires_at if args.expires_at is not None else args.expires_in)
+    return expiry
 
 
 def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
