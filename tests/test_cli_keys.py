@@ -298,3 +298,20 @@ def test_progress_is_a_few_lines_elsewhere() -> None:
     assert [line.split(": ")[1].split(" ")[1] for line in lines] == [
         "(0%)", "(25%)", "(50%)", "(75%)", "(100%)"]
     assert "\r" not in out.getvalue()
+
+
+def test_rotate_wait_idle_revoke_old(capsys: pytest.CaptureFixture[str], config: Path) -> None:
+    created = gw_json(capsys, config, "keys", "create", "--principal", "svc")
+    code, _, err = gw(capsys, config, "keys", "rotate", created["key_id"], "--wait-idle", "1h")
+    assert code == 2 and "--wait-idle and --revoke-old go together" in err
+    assert gw_json(capsys, config, "keys", "show", created["key_id"])["status"] == "active"
+    # zero idleness and zero flush interval: nothing to wait for, so no real sleep here
+    config.write_text(config.read_text() + '[usage]\nflush = "0s"\n')
+    code, out, err = gw(capsys, config, "keys", "rotate", created["key_id"], "--wait-idle", "0s",
+                        "--revoke-old", "--json")
+    assert code == 0, err
+    new = orjson.loads(out)
+    assert is_well_formed_secret(new["secret"]) and "revoked (rotated)" in err
+    old = gw_json(capsys, config, "keys", "show", created["key_id"])
+    assert (old["status"], old["revoke_reason"], old["rotated_to"]) == (
+        "revoked", "rotated", new["key_id"])
