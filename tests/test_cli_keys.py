@@ -61,7 +61,7 @@ def test_create_prints_the_secret_once_and_never_again(
     assert len(secrets) == 1 and is_well_formed_secret(secrets[0])
     assert "shown only this once" in out
     created = gw_json(capsys, config, "keys", "create", "--principal", "ci")
-    assert list(created) == [*API_FIELDS, "secret"]
+    assert list(created) == ["key_id", "secret", *API_FIELDS[1:]]  # as DESIGN §4 shows it
     assert created["status"] == "active" and created["created_by"].startswith("cli:")
     for argv in (("keys", "list"), ("keys", "show", created["key_id"])):
         for extra in ((), ("--json",)):

@@ -120,8 +120,7 @@ def _show_issued(ctx: Context, issued: Issued, headline: str) -> None:
         print_json(issued.to_api(ctx.now, ctx.config.policy.inactivity))
         return
     print(f"{headline} The secret is shown only this once: store it now.")
-    doc = issued.record.to_api(ctx.now, ctx.config.policy.inactivity)
-    print_fields({"key_id": doc.pop("key_id"), "secret": issued.secret.reveal(), **doc})
+    print_fields(issued.to_api(ctx.now, ctx.config.policy.inactivity))
 
 
 async def _create(ctx: Context) -> int:

@@ -94,7 +94,8 @@ class Issued:
     secret: SecretStr
 
     def to_api(self, now: datetime, inactivity: float) -> dict[str, Any]:
-        return {**self.record.to_api(now, inactivity), "secret": self.secret.reveal()}
+        doc = self.record.to_api(now, inactivity)
+        return {"key_id": doc.pop("key_id"), "secret": self.secret.reveal(), **doc}
 
 
 def format_duration(seconds: float) -> str:
