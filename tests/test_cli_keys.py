@@ -227,7 +227,7 @@ def test_kek_rotate_killed_midway_and_rerun_finishes(config: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("GATEWAY_CONFIG", None)
     argv = [sys.executable, "-m", "gateway.cli", "kek", "rotate", "--config", str(config),
-            "--batch-size", "50"]
+            "--batch-size", "10"]
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     assert proc.stderr is not None
