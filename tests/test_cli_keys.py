@@ -61,7 +61,7 @@ def test_create_prints_the_secret_once_and_never_again(
     assert len(secrets) == 1 and is_well_formed_secret(secrets[0])
     assert "shown only this once" in out
     created = gw_json(capsys, config, "keys", "create", "--principal", "ci")
-    assert list(created) == [*API_FIELDS, "secret"]
+    assert list(created) == ["key_id", "secret", *API_FIELDS[1:]]  # as DESIGN §4 shows it
     assert created["status"] == "active" and created["created_by"].startswith("cli:")
     for argv in (("keys", "list"), ("keys", "show", created["key_id"])):
         for extra in ((), ("--json",)):
@@ -227,7 +227,7 @@ def test_kek_rotate_killed_midway_and_rerun_finishes(config: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("GATEWAY_CONFIG", None)
     argv = [sys.executable, "-m", "gateway.cli", "kek", "rotate", "--config", str(config),
-            "--batch-size", "50"]
+            "--batch-size", "10"]
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     assert proc.stderr is not None
@@ -298,3 +298,20 @@ def test_progress_is_a_few_lines_elsewhere() -> None:
     assert [line.split(": ")[1].split(" ")[1] for line in lines] == [
         "(0%)", "(25%)", "(50%)", "(75%)", "(100%)"]
     assert "\r" not in out.getvalue()
+
+
+def test_rotate_wait_idle_revoke_old(capsys: pytest.CaptureFixture[str], config: Path) -> None:
+    created = gw_json(capsys, config, "keys", "create", "--principal", "svc")
+    code, _, err = gw(capsys, config, "keys", "rotate", created["key_id"], "--wait-idle", "1h")
+    assert code == 2 and "--wait-idle and --revoke-old go together" in err
+    assert gw_json(capsys, config, "keys", "show", created["key_id"])["status"] == "active"
+    # zero idleness and zero flush interval: nothing to wait for, so no real sleep here
+    config.write_text(config.read_text() + '[usage]\nflush = "0s"\n')
+    code, out, err = gw(capsys, config, "keys", "rotate", created["key_id"], "--wait-idle", "0s",
+                        "--revoke-old", "--json")
+    assert code == 0, err
+    new = orjson.loads(out)
+    assert is_well_formed_secret(new["secret"]) and "revoked (rotated)" in err
+    old = gw_json(capsys, config, "keys", "show", created["key_id"])
+    assert (old["status"], old["revoke_reason"], old["rotated_to"]) == (
+        "revoked", "rotated", new["key_id"])

@@ -22,6 +22,7 @@ from gateway.keys.errors import (
     PolicyViolation,
 )
 from gateway.keys.formats import generate_key_id
+from gateway.keys.idle import revoke_when_idle
 from gateway.keys.lifecycle import NEVER, KeyManager, NewKey, resolve_expiry, resolve_grace
 from gateway.keys.record import KeyRecord, RateLimit
 from gateway.store import KeyFilter, Store
@@ -245,3 +246,50 @@ async def test_concurrent_lifecycle_leaves_no_half_written_key(
         assert [c.seq for c in changes] == sorted(c.seq for c in changes)
     finally:
         await store.close()
+
+
+async def test_update_changes_only_what_is_given_and_is_audited(manager: KeyManager) -> None:
+    k = await manager.create(NewKey(principal="svc", name="a", scopes=("api:read",),
+                                    source_cidrs=("10.0.0.0/8",)), actor=ACTOR, now=NOW)
+    key_id = k.record.key_id
+    seq = await manager.store.max_change_seq()
+    new = await manager.update(key_id, actor=ACTOR, now=NOW, scopes=["api:read", "api:write"],
+                               source_cidrs=None)
+    assert new.scopes == ("api:read", "api:write") and new.source_cidrs is None
+    assert new.name == "a" and new == await manager.get(key_id)
+    assert await manager.update(key_id, actor=ACTOR, now=NOW, name="a") == new  # no-op
+    with pytest.raises(PolicyViolation, match="scope"):
+        await manager.update(key_id, actor=ACTOR, now=NOW, scopes=["bad scope"])
+    audit = await manager.store.list_audit(action="key.updated")
+    assert [(e.target, e.details) for e in audit] == [
+        (key_id, {"scopes": ["api:read", "api:write"], "source_cidrs": None})]
+    assert [(c.key_id, c.kind) for c in await manager.store.changes_since(seq)] == [
+        (key_id, "updated")]
+    await manager.revoke(key_id, actor=ACTOR, now=NOW)
+    with pytest.raises(PolicyViolation, match="revoked"):
+        await manager.update(key_id, actor=ACTOR, now=NOW, name="b")
+
+
+async def test_wait_idle_revokes_only_after_idle_plus_flush(manager: KeyManager) -> None:
+    old = await manager.create(NewKey(principal="svc"), actor=ACTOR, now=NOW)
+    await manager.rotate(old.record.key_id, actor=ACTOR, now=NOW)
+    clock = [NOW]
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        clock[0] += timedelta(seconds=seconds)
+        if len(slept) == 1:  # the old key is still in use during the first wait
+            await manager.store.touch_last_used({old.record.key_id: clock[0]})
+
+    revoked = await revoke_when_idle(manager, old.record.key_id, idle=600.0, flush=5.0,
+                                     actor=ACTOR, clock=lambda: clock[0], sleep=sleep,
+                                     since=NOW)
+    used_at = NOW + timedelta(seconds=slept[0])
+    assert revoked.revoked_at == used_at + timedelta(seconds=605)  # idle + flush after last use
+    assert revoked.revoke_reason == "rotated"
+    assert all(s > 0 for s in slept)
+    # an already revoked key ends the wait at once
+    again = await revoke_when_idle(manager, old.record.key_id, idle=600.0, flush=5.0,
+                                   actor=ACTOR, clock=lambda: clock[0], sleep=sleep, since=NOW)
+    assert again.revoked_at == revoked.revoked_at

@@ -152,6 +152,9 @@ async def test_listing_filters_and_cursor_pagination(
     soon = await store.list_keys(KeyFilter(expires_before=NOW + timedelta(days=90, minutes=2)),
                                  now=NOW, inactivity=inact)
     assert [r.key_id for r in soon.items] == ids[:2]
+    mfa = await store.list_keys(KeyFilter(issued_with_mfa=True), now=NOW, inactivity=inact)
+    no_mfa = await store.list_keys(KeyFilter(issued_with_mfa=False), now=NOW, inactivity=inact)
+    assert mfa.items == [] and [r.key_id for r in no_mfa.items] == ids  # the CLI issues none
 
 
 async def test_last_used_never_moves_backwards(manager: KeyManager) -> None:

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from gateway.cli import kek as kek_cmd
 from gateway.cli import keys as keys_cmd
 from gateway.cli import serve as serve_cmd
-from gateway.cli.common import Context, cli_actor
+from gateway.cli.common import Context, UsageError, cli_actor
 from gateway.config import ConfigError, load_config
 from gateway.errors import GatewayError
 from gateway.kek import KekError, load_keyring
@@ -71,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail("malformed key ID", 2)
     except KeyNotFound as exc:
         return fail(f"no such key: {exc.key_id}", 1)
-    except ConfigError as exc:
+    except (ConfigError, UsageError) as exc:
         return fail(str(exc), 2)
     except GatewayError as exc:  # policy, limits, store
         return fail(exc.message, 1)
@@ -79,3 +79,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail(str(exc), 1)
     except KeyboardInterrupt:
         return fail("interrupted (a re-wrap can be resumed by running it again)", 130)
+    except Exception as exc:  # noqa: BLE001 - a bug: still one line, never a traceback
+        return fail(f"unexpected {type(exc).__name__}: {exc}", 1)

@@ -13,7 +13,11 @@ from gateway.kek import Keyring
 from gateway.keys.lifecycle import Actor
 from gateway.store import Store
 
-__all__ = ["Context", "cli_actor", "duration", "rfc3339_arg"]
+__all__ = ["Context", "UsageError", "cli_actor", "duration", "rfc3339_arg"]
+
+
+class UsageError(ValueError):
+    """Options that do not go together (exit 2, like argparse's own errors)."""
 
 
 def duration(text: str) -> float:

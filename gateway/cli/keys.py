@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import math
-from datetime import datetime, timedelta
+import sys
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from gateway.cli.common import Context, duration, rfc3339_arg
+from gateway.cli.common import Context, UsageError, duration, rfc3339_arg
 from gateway.cli.output import print_fields, print_json, print_table
 from gateway.keys.errors import KeyNotFound
-from gateway.keys.lifecycle import NEVER, Expiry, Issued, KeyManager, NewKey, check_key_id
+from gateway.keys.idle import revoke_when_idle
+from gateway.keys.lifecycle import (
+    NEVER,
+    Expiry,
+    Issued,
+    KeyManager,
+    NewKey,
+    check_key_id,
+    format_duration,
+)
 from gateway.keys.record import STATUSES, KeyRecord, RateLimit, rfc3339
 from gateway.store import KeyFilter
 
@@ -29,7 +40,9 @@ def _expiry_options(p: argparse.ArgumentParser) -> None:
 def _expiry(args: argparse.Namespace) -> Expiry:
     if args.no_expiry:
         return NEVER
-    return args.expires_at if args.expires_at is not None else args.expires_in
+    expiry: datetime | float | None = (
+        args.expires_at if args.expires_at is not None else args.expires_in)
+    return expiry
 
 
 def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -71,6 +84,11 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="how long the old key keeps working (default: policy.rotation_grace)")
     p.add_argument("--expires-in", type=duration, metavar="D", dest="expires_in",
                    help="the new key's lifetime (default: policy.default_lifetime)")
+    p.add_argument("--wait-idle", type=duration, metavar="D",
+                   help="with --revoke-old: wait until the old key is unused for D "
+                        "(plus usage.flush), then revoke it")
+    p.add_argument("--revoke-old", action="store_true",
+                   help="with --wait-idle: revoke the old key once it is idle")
     p.set_defaults(run=_rotate, needs_keyring=True)
 
     p = ks.add_parser("renew", parents=[common], help="set a new expiry within policy")
@@ -102,8 +120,7 @@ def _show_issued(ctx: Context, issued: Issued, headline: str) -> None:
         print_json(issued.to_api(ctx.now, ctx.config.policy.inactivity))
         return
     print(f"{headline} The secret is shown only this once: store it now.")
-    doc = issued.record.to_api(ctx.now, ctx.config.policy.inactivity)
-    print_fields({"key_id": doc.pop("key_id"), "secret": issued.secret.reveal(), **doc})
+    print_fields(issued.to_api(ctx.now, ctx.config.policy.inactivity))
 
 
 async def _create(ctx: Context) -> int:
@@ -170,11 +187,23 @@ async def _show(ctx: Context) -> int:
 
 async def _rotate(ctx: Context) -> int:
     a = ctx.args
-    issued = await _manager(ctx).rotate(a.key_id, actor=ctx.actor, now=ctx.now, grace=a.grace,
-                                        expiry=a.expires_in)
+    if (a.wait_idle is None) == a.revoke_old:
+        raise UsageError("--wait-idle and --revoke-old go together")
+    manager = _manager(ctx)
+    issued = await manager.rotate(a.key_id, actor=ctx.actor, now=ctx.now, grace=a.grace,
+                                  expiry=a.expires_in)
     old = await ctx.store.get_key(a.key_id)
     until = rfc3339(old.revoked_at) if old else None
     _show_issued(ctx, issued, f"Key {a.key_id} rotated; it keeps working until {until}.")
+    if a.wait_idle is not None:
+        sys.stdout.flush()  # the new secret is out before we wait
+        flush = ctx.config.usage.flush
+        print(f"Waiting until {a.key_id} is unused for {format_duration(a.wait_idle)} "
+              f"(+ {format_duration(flush)} usage flush)...", file=sys.stderr, flush=True)
+        record = await revoke_when_idle(manager, a.key_id, idle=a.wait_idle, flush=flush,
+                                        actor=ctx.actor, clock=lambda: datetime.now(UTC),
+                                        sleep=asyncio.sleep, since=ctx.now)
+        print(f"Old key {a.key_id} revoked ({record.revoke_reason}).", file=sys.stderr)
     return 0
 
 

@@ -26,6 +26,7 @@ from gateway.store.base import Store, Transaction
 
 __all__ = [
     "NEVER",
+    "UNCHANGED",
     "Actor",
     "Expiry",
     "Issued",
@@ -48,6 +49,16 @@ class NoExpiry:
 
 
 NEVER = NoExpiry()
+
+
+class Unchanged:
+    """A field :meth:`KeyManager.update` leaves as it is (None means "clear it")."""
+
+    def __repr__(self) -> str:
+        return "UNCHANGED"
+
+
+UNCHANGED = Unchanged()
 # seconds from now | an instant | never | None: the policy's default lifetime
 Expiry = float | datetime | NoExpiry | None
 
@@ -83,7 +94,8 @@ class Issued:
     secret: SecretStr
 
     def to_api(self, now: datetime, inactivity: float) -> dict[str, Any]:
-        return {**self.record.to_api(now, inactivity), "secret": self.secret.reveal()}
+        doc = self.record.to_api(now, inactivity)
+        return {"key_id": doc.pop("key_id"), "secret": self.secret.reveal(), **doc}
 
 
 def format_duration(seconds: float) -> str:
@@ -305,6 +317,36 @@ class KeyManager:
             await tx.update_key(new)
             await tx.add_audit([self._audit(actor, "key.revoked", key_id, now, reason=reason)])
             await tx.add_changes([(key_id, "revoked", now)])
+        return new
+
+    async def update(self, key_id: str, *, actor: Actor, now: datetime,
+                     name: str | Unchanged = UNCHANGED,
+                     scopes: Sequence[str] | Unchanged = UNCHANGED,
+                     rate_limit: RateLimit | None | Unchanged = UNCHANGED,
+                     source_cidrs: Sequence[str] | None | Unchanged = UNCHANGED) -> KeyRecord:
+        """Change name, scopes, rate limit or source CIDRs (admin API ``PATCH``)."""
+        check_key_id(key_id)
+        async with self.store.transaction() as tx:
+            old = await self._locked_key(tx, key_id)
+            if old.status(now, self.policy.inactivity) == "revoked":
+                raise PolicyViolation(f"cannot update key {key_id}: it is revoked")
+            spec = validate_new_key(self.policy, NewKey(
+                principal=old.principal,
+                name=old.name if isinstance(name, Unchanged) else name,
+                scopes=old.scopes if isinstance(scopes, Unchanged) else tuple(scopes),
+                rate_limit=old.rate_limit if isinstance(rate_limit, Unchanged) else rate_limit,
+                source_cidrs=old.source_cidrs if isinstance(source_cidrs, Unchanged)
+                else None if source_cidrs is None else tuple(source_cidrs)))
+            new = old.replace(name=spec.name, scopes=spec.scopes, rate_limit=spec.rate_limit,
+                              source_cidrs=spec.source_cidrs)
+            before, after = old.to_api(now, 0), new.to_api(now, 0)
+            changed = {f: after[f] for f in ("name", "scopes", "rate_limit", "source_cidrs")
+                       if before[f] != after[f]}
+            if not changed:
+                return old
+            await tx.update_key(new)
+            await tx.add_audit([self._audit(actor, "key.updated", key_id, now, **changed)])
+            await tx.add_changes([(key_id, "updated", now)])
         return new
 
     async def get(self, key_id: str) -> KeyRecord:

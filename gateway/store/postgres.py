@@ -15,9 +15,10 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-import asyncpg
+import asyncpg  # type: ignore[import-untyped]
 import orjson
 
+from gateway.config import ConfigError
 from gateway.keys.record import AuditEntry, KeyChange, KeyRecord, WrappedSecret
 from gateway.store.base import (
     KEY_COLUMNS,
@@ -68,8 +69,11 @@ def _encode(rec: KeyRecord, columns: Sequence[str]) -> list[Any]:
 
 def _where(dsn: str) -> str:
     """host:port/db for messages — never the password a DSN may carry."""
-    parts = urlsplit(dsn)
-    return f"{parts.hostname or 'localhost'}:{parts.port or 5432}{parts.path}"
+    try:
+        parts = urlsplit(dsn)
+        return f"{parts.hostname or 'localhost'}:{parts.port or 5432}{parts.path}"
+    except ValueError as exc:
+        raise ConfigError(f"setting store.url: not a valid PostgreSQL URL ({exc})") from None
 
 
 class _PostgresTx(Transaction):
@@ -135,6 +139,8 @@ class PostgresStore(Store):
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise StoreError(f"cannot connect to PostgreSQL at {where}: "
                              f"{type(exc).__name__}: {exc}") from exc
+        except ValueError as exc:  # asyncpg's DSN parser
+            raise ConfigError(f"setting store.url: {exc}") from None
         store = cls(pool, where)
         try:
             store.applied_migrations = tuple(await store.migrate())

@@ -73,6 +73,18 @@ def _decode(row: sqlite3.Row) -> KeyRecord:
     return record_from_values(v)
 
 
+def _in_transaction(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
+    """Run ``fn`` between BEGIN IMMEDIATE and COMMIT; ROLLBACK if it raises."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = fn(conn)
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+    return result
+
+
 class _SQLiteTx(Transaction):
     def __init__(self, store: SQLiteStore) -> None:
         self._s = store
@@ -174,26 +186,20 @@ class SQLiteStore(Store):
 
     async def migrate(self) -> list[int]:
         def run(c: sqlite3.Connection) -> list[int]:
-            c.execute("BEGIN IMMEDIATE")
-            try:
-                c.execute("CREATE TABLE IF NOT EXISTS schema_migrations "
-                          "(version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)")
-                done = {r[0] for r in c.execute("SELECT version FROM schema_migrations")}
-                applied = []
-                for version, statements in SQLITE_MIGRATIONS:
-                    if version in done:
-                        continue
-                    for stmt in statements:
-                        c.execute(stmt)
-                    c.execute("INSERT INTO schema_migrations VALUES (?, ?)",
-                              (version, _t(datetime.now(UTC))))
-                    applied.append(version)
-                c.execute("COMMIT")
-                return applied
-            except BaseException:
-                c.execute("ROLLBACK")
-                raise
-        return await self._locked(run)
+            c.execute("CREATE TABLE IF NOT EXISTS schema_migrations "
+                      "(version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)")
+            done = {r[0] for r in c.execute("SELECT version FROM schema_migrations")}
+            applied = []
+            for version, statements in SQLITE_MIGRATIONS:
+                if version in done:
+                    continue
+                for stmt in statements:
+                    c.execute(stmt)
+                c.execute("INSERT INTO schema_migrations VALUES (?, ?)",
+                          (version, _t(datetime.now(UTC))))
+                applied.append(version)
+            return applied
+        return await self._locked(lambda c: _in_transaction(c, run))
 
     async def schema_version(self) -> int:
         return await self._locked(lambda c: int(c.execute(
@@ -205,10 +211,11 @@ class SQLiteStore(Store):
             await self._run(lambda c: c.execute("BEGIN IMMEDIATE"))
             try:
                 yield _SQLiteTx(self)
+                await self._run(lambda c: c.execute("COMMIT"))
             except BaseException:
-                await asyncio.shield(self._run(lambda c: c.execute("ROLLBACK")))
+                await asyncio.shield(self._run(lambda c: c.in_transaction
+                                               and c.execute("ROLLBACK")))
                 raise
-            await self._run(lambda c: c.execute("COMMIT"))
 
     async def _get(self, key_id: str) -> KeyRecord | None:
         row = await self._run(lambda c: c.execute(f"{SELECT_KEYS} WHERE key_id = ?",
@@ -271,12 +278,9 @@ class SQLiteStore(Store):
     async def touch_last_used(self, uses: Mapping[str, datetime]) -> None:
         rows = [(_t(at), k, _t(at)) for k, at in uses.items()]
 
-        def run(c: sqlite3.Connection) -> None:
-            c.execute("BEGIN IMMEDIATE")
-            c.executemany("UPDATE keys SET last_used_at = ? WHERE key_id = ? AND "
-                          "(last_used_at IS NULL OR last_used_at < ?)", rows)
-            c.execute("COMMIT")
-        await self._locked(run)
+        await self._locked(lambda c: _in_transaction(c, lambda c: c.executemany(
+            "UPDATE keys SET last_used_at = ? WHERE key_id = ? AND "
+            "(last_used_at IS NULL OR last_used_at < ?)", rows)))
 
     async def count_by_kek_version(self) -> dict[int, int]:
         rows = await self._locked(lambda c: c.execute(
@@ -286,22 +290,15 @@ class SQLiteStore(Store):
     async def rewrap_batch(self, target_version: int, limit: int, rewrap: Rewrap,
                            at: datetime) -> int:
         def run(c: sqlite3.Connection) -> int:
-            c.execute("BEGIN IMMEDIATE")
-            try:
-                rows = c.execute("SELECT key_id, kek_version, nonce, ciphertext FROM keys "
-                                 "WHERE kek_version <> ? LIMIT ?",
-                                 (target_version, limit)).fetchall()
-                updates = []
-                for key_id, version, nonce, ct in rows:
-                    new = rewrap(key_id, WrappedSecret(version, nonce, ct))
-                    updates.append((new.kek_version, new.nonce, new.ciphertext, key_id, version))
-                c.executemany("UPDATE keys SET kek_version = ?, nonce = ?, ciphertext = ? "
-                              "WHERE key_id = ? AND kek_version = ?", updates)
-                c.executemany("INSERT INTO key_changes (key_id, kind, at) VALUES (?, ?, ?)",
-                              [(u[3], "rewrapped", _t(at)) for u in updates])
-                c.execute("COMMIT")
-                return len(updates)
-            except BaseException:
-                c.execute("ROLLBACK")
-                raise
-        return await self._locked(run)
+            rows = c.execute("SELECT key_id, kek_version, nonce, ciphertext FROM keys "
+                             "WHERE kek_version <> ? LIMIT ?", (target_version, limit)).fetchall()
+            updates = []
+            for key_id, version, nonce, ct in rows:
+                new = rewrap(key_id, WrappedSecret(version, nonce, ct))
+                updates.append((new.kek_version, new.nonce, new.ciphertext, key_id, version))
+            c.executemany("UPDATE keys SET kek_version = ?, nonce = ?, ciphertext = ? "
+                          "WHERE key_id = ? AND kek_version = ?", updates)
+            c.executemany("INSERT INTO key_changes (key_id, kind, at) VALUES (?, ?, ?)",
+                          [(u[3], "rewrapped", _t(at)) for u in updates])
+            return len(updates)
+        return await self._locked(lambda c: _in_transaction(c, run))
