@@ -17,7 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 # the key-store fixtures (a real store of each backend, per test) live in their own module
-pytest_plugins = ("tests.keystore_fixtures",)
+pytest_plugins = ("tests.keystore_fixtures", "tests.gateway_fixtures")
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"

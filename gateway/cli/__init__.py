@@ -66,7 +66,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return status
 
     try:
-        return asyncio.run(_run(args))
+        status = asyncio.run(_run(args))
+        # a command that runs its own event loops (serve) hands them over when this one ends
+        then = getattr(args, "then", None)
+        return then() if status == 0 and then is not None else status
     except MalformedKeyId:
         return fail("malformed key ID", 2)
     except KeyNotFound as exc:

@@ -46,9 +46,9 @@ async def _serve(ctx: Context) -> int:
     await store.close()
     from gateway.proxy.server import serve
 
-    # serve() runs its own event loop(s) (uvloop, one per worker): leave this one first
-    loop = asyncio.get_running_loop()
-    return int(await loop.run_in_executor(None, serve, config))
+    # serve() runs its own event loops (uvloop, one per worker) once this one has ended
+    ctx.args.then = lambda: serve(config)
+    return 0
 
 
 async def _echo(request: web.Request) -> web.Response:
