@@ -32,6 +32,8 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("demo", parents=[common],
                        help="run an echo upstream and the gateway, with a demo key")
     p.add_argument("--port", type=int, default=8080, help="the gateway's port (default 8080)")
+    p.add_argument("--admin-port", type=int, default=9901,
+                   help="the admin listener's port (default 9901)")
     p.set_defaults(run=_demo, needs_keyring=False, needs_store=False)
 
 
@@ -73,7 +75,7 @@ async def _demo(ctx: Context) -> int:
     config = dataclasses.replace(
         base,
         server=dataclasses.replace(base.server, listen=f"127.0.0.1:{ctx.args.port}"),
-        admin=dataclasses.replace(base.admin, listen=f"127.0.0.1:{ctx.args.port + 1821}"),
+        admin=dataclasses.replace(base.admin, listen=f"127.0.0.1:{ctx.args.admin_port}"),
         store=dataclasses.replace(base.store, url=f"sqlite://{data / 'keys.db'}"),
         kek=dataclasses.replace(base.kek, keyring=str(data / "keyring.json")),
         log=dataclasses.replace(base.log, access_log=False),

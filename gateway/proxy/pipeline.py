@@ -105,7 +105,7 @@ class DataPlane:
             route = None if reserved else self.routes.match(path)
             if route is None and not reserved:
                 raise GatewayError("route_not_found", "no route serves this path")
-            route_name = route.prefix if route else path
+            route_name = route.prefix if route else "/_gateway/"  # bounded label values
             # 3. a declared body over the limit is refused before reading it (413)
             max_body = route.max_body if route else 64 * 1024
             declared = request.content_length
