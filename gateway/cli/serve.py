@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import dataclasses
 import shlex
+import shutil
 import signal
 import sys
 import tempfile
@@ -123,6 +124,7 @@ From Python (pip install requests):
     finally:
         await gateway.stop()
         await runner.cleanup()
+        shutil.rmtree(data, ignore_errors=True)
         print("demo stopped", file=sys.stderr)
     return 0
 

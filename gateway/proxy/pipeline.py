@@ -11,6 +11,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 import orjson
 from aiohttp import web
@@ -28,7 +29,7 @@ from .replay import ReplayGuard
 from .routes import Route, RouteTable, check_target, scope_allows
 from .usage import UsageRecorder
 
-__all__ = ["DataPlane", "error_response"]
+__all__ = ["Authenticated", "DataPlane", "decoded_headers", "error_response"]
 
 # verified against when the key ID is unknown, so both cost the same (DESIGN §5)
 _DUMMY_SECRET = ("gws_" + secrets.token_urlsafe(40)).encode("ascii")
@@ -45,6 +46,12 @@ def error_response(exc: GatewayError, extra: list[tuple[str, str]] | None = None
     for name, value in extra or ():
         response.headers[name] = value
     return response
+
+
+class Authenticated(NamedTuple):
+    facts: Verified
+    record: KeyRecord
+    body: bytes
 
 
 @dataclass(slots=True)
@@ -93,10 +100,10 @@ class DataPlane:
                       ) -> tuple[web.StreamResponse, str | None]:
         request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
         answer = [("X-Request-Id", request_id)]
-        route_name, outcome = "-", "ok"
+        route_name = "-"
         try:
             # 1. size of the head, target form and the path rule (400) — before anything else
-            headers = _decoded_headers(request, self._max_headers)
+            headers = decoded_headers(request, self._max_headers)
             path, query = check_target(request.raw_path)
             if request.headers.get("Upgrade"):
                 raise GatewayError("not_implemented", "protocol upgrades are not supported")
@@ -111,28 +118,12 @@ class DataPlane:
             declared = request.content_length
             if declared is not None and declared > max_body:
                 raise GatewayError("body_too_large", f"the body exceeds {max_body} bytes")
-            # 4. the signature: scheme, structure, policy, clock (400/401), no secret yet
-            signed = Request(request.method, request.raw_path, headers,
-                             scheme=self._scheme or request.scheme, authority=self._authority)
-            auth = parse(signed, route.policy if route else self.reserved_policy, now)
-            # 5. a malformed key ID is refused without any lookup
-            well_formed = is_well_formed_key_id(auth.key_id)
-            # 6. the body, under the limit (answers Expect: 100-continue first)
-            body = await self._read_body(request, max_body)
-            # 7. the key (cache, then store: 503 only if the store is down and it is not cached)
-            entry = await self.cache.get(auth.key_id) if well_formed else None
-            # 8. the MAC, against a dummy secret when the key is unknown (same cost, same code)
-            facts = auth.verify(entry.secret if entry else _DUMMY_SECRET, Body(body))
-            if entry is None:
-                raise SignatureError("signature_invalid", "the signature does not match the request")
-            record = entry.record
-            answer += self._expiry_warning(record, now)
-            # 9. replay, then key status, then policy and scope (only now may we say why)
-            if (route is None or route.replay_applies(request.method)) and not \
-                    self.replay.first_use(facts.replay_token, facts.replay_until, now):
-                raise GatewayError("replayed", "this signed request was already used")
-            self._check_key(record, request, now)
-            self.usage.record(record.key_id, now)
+            # 4-9. signature, key, MAC, replay, key status and policy
+            auth = await self.authenticate(
+                request, headers, policy=route.policy if route else self.reserved_policy,
+                max_body=max_body, replay=route is None or route.replay_applies(request.method),
+                now=now, answer=answer)
+            record, facts, body = auth.record, auth.facts, auth.body
             if route is None:
                 return await self._reserved(request, path, record, answer), record.key_id
             required = route.required_scope(request.method)
@@ -148,11 +139,41 @@ class DataPlane:
                           ("X-Gateway-Principal", record.principal),
                           ("X-Request-Id", request_id)]), body)
             response = await self.forwarder.forward(request, route, upstream, answer)
-            self.counters.count(route_name, response.status, outcome)
+            self.counters.count(route_name, response.status, "ok")
             return response, record.key_id
         except GatewayError as exc:
             self.counters.count(route_name, exc.status, exc.code)
             return error_response(exc, answer), None
+
+    async def authenticate(self, request: web.BaseRequest, headers: tuple[tuple[str, str], ...],
+                           *, policy: Policy, max_body: int, replay: bool, now: float,
+                           answer: list[tuple[str, str]], data_plane: bool = True
+                           ) -> Authenticated:
+        """Steps 4-9 of the pipeline, shared with the admin listener (whose callers are
+        not subject to ``reject_keys_without_mfa``: ``data_plane=False``). Appends the
+        expiry warning to ``answer`` as soon as the signature has verified."""
+        # 4. the signature: scheme, structure, policy, clock (400/401), no secret yet
+        signed = Request(request.method, request.raw_path, headers,
+                         scheme=self._scheme or request.scheme, authority=self._authority)
+        auth = parse(signed, policy, now)
+        # 5. a malformed key ID is refused without any lookup
+        well_formed = is_well_formed_key_id(auth.key_id)
+        # 6. the body, under the limit (answers Expect: 100-continue first)
+        body = await self._read_body(request, max_body)
+        # 7. the key (cache, then store: 503 only if the store is down and it is not cached)
+        entry = await self.cache.get(auth.key_id) if well_formed else None
+        # 8. the MAC, against a dummy secret when the key is unknown (same cost, same code)
+        facts = auth.verify(entry.secret if entry else _DUMMY_SECRET, Body(body))
+        if entry is None:
+            raise SignatureError("signature_invalid", "the signature does not match the request")
+        record = entry.record
+        answer += self._expiry_warning(record, now)
+        # 9. replay, then key status and policy (only now may we say why)
+        if replay and not self.replay.first_use(facts.replay_token, facts.replay_until, now):
+            raise GatewayError("replayed", "this signed request was already used")
+        self._check_key(record, request, now, data_plane=data_plane)
+        self.usage.record(record.key_id, now)
+        return Authenticated(facts, record, body)
 
     async def _read_body(self, request: web.BaseRequest, limit: int) -> bytes:
         if not request.body_exists:
@@ -173,7 +194,8 @@ class DataPlane:
             raise GatewayError("malformed_request", "the body did not arrive in time") from None
         return b"".join(chunks)
 
-    def _check_key(self, record: KeyRecord, request: web.BaseRequest, now: float) -> None:
+    def _check_key(self, record: KeyRecord, request: web.BaseRequest, now: float, *,
+                   data_plane: bool) -> None:
         status = record.status(datetime.fromtimestamp(now, UTC), self._inactivity)
         if status == "revoked":
             raise GatewayError("key_revoked", "the key has been revoked")
@@ -181,7 +203,8 @@ class DataPlane:
             raise GatewayError("key_expired", "the key has expired")
         if status == "inactive":
             raise GatewayError("key_inactive", "the key expired after a long time unused")
-        if self.config.policy.reject_keys_without_mfa and not record.issued_with_mfa:
+        if data_plane and self.config.policy.reject_keys_without_mfa and \
+                not record.issued_with_mfa:
             raise GatewayError("mfa_required", "keys issued without MFA are refused")
         if record.source_cidrs is not None:
             peer = _peer(request)
@@ -216,7 +239,7 @@ def _peer(request: web.BaseRequest) -> str:
     return request.remote or ""
 
 
-def _decoded_headers(request: web.BaseRequest, limit: int) -> tuple[tuple[str, str], ...]:
+def decoded_headers(request: web.BaseRequest, limit: int) -> tuple[tuple[str, str], ...]:
     """Raw header lines as text, with their total size checked against [server] max_headers."""
     size = 0
     out = []
