@@ -85,6 +85,8 @@ class ServerConfig:
     shutdown_grace: Duration = 30.0
     tls_cert: str = ""
     tls_key: str = ""
+    # "lean": pooled keep-alive upstream connections (DESIGN §7); "aiohttp": a ClientSession
+    forwarder: Literal["lean", "aiohttp"] = "lean"
 
 
 @dataclass(frozen=True, slots=True)

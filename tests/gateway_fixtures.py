@@ -147,12 +147,15 @@ class GatewayProcess:
         raise RuntimeError("no VmHWM")
 
 
-def write_config(tmp: Path, upstream: Upstream, extra: str = "") -> tuple[Path, int, int]:
+def write_config(tmp: Path, upstream: Upstream, *, server: str = "",
+                 extra: str = "") -> tuple[Path, int, int]:
+    """``server``: more lines for [server]; ``extra``: more sections."""
     port, admin_port = free_port(), free_port()
     config = tmp / "gateway.toml"
     config.write_text(f"""
 [server]
 listen = "127.0.0.1:{port}"
+{server}
 [admin]
 listen = "127.0.0.1:{admin_port}"
 [store]
@@ -172,8 +175,9 @@ access_log = true
     return config, port, admin_port
 
 
-def start_gateway(tmp: Path, upstream: Upstream, extra: str = "") -> GatewayProcess:
-    config, port, admin_port = write_config(tmp, upstream, extra)
+def start_gateway(tmp: Path, upstream: Upstream, *, server: str = "",
+                  extra: str = "") -> GatewayProcess:
+    config, port, admin_port = write_config(tmp, upstream, server=server, extra=extra)
     log = tmp / "gateway.out"
     with log.open("wb") as sink:
         proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--config",
@@ -192,19 +196,17 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
-@pytest.fixture(scope="module")
-def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstream]:
-    up = start_upstream(tmp_path_factory.mktemp("upstream"))
-    yield up
-    stop(up.proc)
-
-
-@pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory, upstream: Upstream
+@pytest.fixture(scope="module", params=["lean", "aiohttp"])
+def gateway(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
             ) -> Iterator[GatewayProcess]:
-    gw = start_gateway(tmp_path_factory.mktemp("gateway"), upstream)
+    """A running gateway with a recording upstream of its own, once with each
+    forwarder: both must pass every test."""
+    tmp = tmp_path_factory.mktemp(f"gateway-{request.param}")
+    up = start_upstream(tmp)
+    gw = start_gateway(tmp, up, server=f'forwarder = "{request.param}"')
     yield gw
     stop(gw.proc)
+    stop(up.proc)
 
 
 def days_ago(n: float) -> datetime:

@@ -64,7 +64,9 @@ def upstream_headers(received: Sequence[tuple[str, str]], *, peer: str, peer_tru
     """What the upstream receives: the client's end-to-end headers, less its
     credentials, hop-by-hop headers, ``X-Gateway-*`` and (from an untrusted peer)
     forwarding headers; then ours: identity, ``X-Forwarded-*``."""
-    drop = HOP_BY_HOP | AUTH_HEADERS | _connection_tokens(received) | {"host", "content-length"}
+    # Host and Content-Length are the forwarder's to write; Expect was answered here
+    drop = HOP_BY_HOP | AUTH_HEADERS | _connection_tokens(received) | {
+        "host", "content-length", "expect"}
     out: Headers = []
     forwarded_for = proto = fhost = None
     for name, value in received:

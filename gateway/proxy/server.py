@@ -25,8 +25,9 @@ from ..kek import load_keyring
 from ..store import Store, open_store
 from .accesslog import AccessLog
 from .admin import admin_app
-from .forward import SessionForwarder
+from .forward import Forwarder, SessionForwarder
 from .keycache import KeyCache
+from .lean import LeanForwarder
 from .pipeline import DataPlane
 from .usage import UsageRecorder
 
@@ -81,7 +82,8 @@ class Gateway:
         self.cache = KeyCache(store, keyring, ttl=c.ttl, negative_ttl=c.negative_ttl,
                               max_entries=c.max_entries, serve_stale=c.serve_stale)
         self.usage = UsageRecorder(store)
-        self.forwarder = SessionForwarder()
+        self.forwarder: Forwarder = (LeanForwarder() if config.server.forwarder == "lean"
+                                     else SessionForwarder())
         self.access_log = AccessLog(enabled=config.log.access_log)
         self.data_plane = DataPlane(config, self.cache, self.forwarder, self.usage,
                                     self.access_log)

@@ -1,0 +1,150 @@
+"""Forwarding conformance, against a real upstream process, for both forwarders
+(the ``gateway`` fixture runs each test once per forwarder): the framing cases a
+stock client and router handle for free and a raw upstream pool must get right."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import aiohttp
+from yarl import URL
+
+from gateway.keys.lifecycle import Issued
+from gateway.signing.signer import sign_sigv4
+
+from .gateway_fixtures import GatewayProcess
+from .test_proxy_e2e import ours, send
+
+
+async def signed_key(gw: GatewayProcess) -> Issued:
+    return await gw.create_key(scopes=("api:*",))
+
+
+async def fetch(gw: GatewayProcess, key: Issued, method: str, target: str,
+                body: bytes = b"", headers: tuple[tuple[str, str], ...] = ()
+                ) -> tuple[int, bytes, aiohttp.ClientResponse]:
+    async with aiohttp.ClientSession(auto_decompress=False) as s:
+        async with s.request(method, URL(gw.url + target, encoded=True),
+                             headers=ours(gw, key, method, target, body, headers),
+                             data=body or None) as r:
+            return r.status, await r.read(), r
+
+
+async def test_chunked_response_and_chunked_request_body(gateway: GatewayProcess) -> None:
+    key = await signed_key(gateway)
+    status, body, r = await fetch(gateway, key, "GET", "/api/c/chunked/300")
+    assert status == 200 and body == b"x" * 300_000
+    # a chunked request body is read whole, verified, and sent on with a length
+    payload = b"0123456789" * 5000
+    target = "/api/c/upload"
+
+    async def chunks():  # type: ignore[no-untyped-def]
+        for i in range(0, len(payload), 4096):
+            yield payload[i:i + 4096]
+
+    async with aiohttp.ClientSession() as s:
+        async with s.post(URL(gateway.url + target, encoded=True),
+                          headers=ours(gateway, key, "POST", target, payload),
+                          data=chunks()) as r:
+            echo = await r.json()
+    assert r.status == 200 and echo["body_bytes"] == len(payload)
+    assert ["Content-Length", str(len(payload))] in echo["headers"]
+
+
+async def test_head_204_304_and_early_hints(gateway: GatewayProcess) -> None:
+    key = await signed_key(gateway)
+    status, body, r = await fetch(gateway, key, "HEAD", "/api/c/big/5000")
+    assert (status, body, r.headers["Content-Length"]) == (200, b"", "5000")
+    for code in (204, 304):
+        status, body, r = await fetch(gateway, key, "GET", f"/api/c/status/{code}")
+        assert (status, body, r.headers.get("ETag")) == (code, b"", '"v1"')
+    status, body, _ = await fetch(gateway, key, "GET", "/api/c/hints/1")
+    assert status == 200 and json.loads(body)["target"] == "/api/c/hints/1"
+    # and the connections are still good for the next request
+    status, _, _ = await fetch(gateway, key, "GET", "/api/c/after")
+    assert status == 200
+
+
+async def test_repeated_and_large_response_headers(gateway: GatewayProcess) -> None:
+    key = await signed_key(gateway)
+    _, _, r = await fetch(gateway, key, "GET", "/api/c/cookies/3")
+    assert r.headers.getall("Set-Cookie") == ["c0=v0; Path=/", "c1=v1; Path=/", "c2=v2; Path=/"]
+    _, _, r = await fetch(gateway, key, "GET", "/api/c/bigheader/7000")
+    assert r.headers["X-Big"] == "b" * 7000
+
+
+async def test_upstream_closing_mid_response(gateway: GatewayProcess) -> None:
+    key = await signed_key(gateway)
+    async with aiohttp.ClientSession() as s:
+        target = "/api/c/abort/200000"
+        async with s.get(URL(gateway.url + target, encoded=True),
+                         headers=ours(gateway, key, "GET", target)) as r:
+            assert r.status == 200
+            try:
+                await r.read()
+                raise AssertionError("a truncated body was passed off as complete")
+            except aiohttp.ClientPayloadError:
+                pass  # the client sees the cut, not a wrong answer
+    # the broken upstream connection is not handed to the next request
+    status, body, _ = await fetch(gateway, key, "GET", "/api/c/after-abort")
+    assert status == 200 and json.loads(body)["target"] == "/api/c/after-abort"
+
+
+async def test_slow_client_gets_backpressure_not_buffering(gateway: GatewayProcess) -> None:
+    key = await signed_key(gateway)
+    size = 100 * 1024 * 1024
+    before = gateway.rss_peak_kib()
+    received = 0
+    async with aiohttp.ClientSession(auto_decompress=False) as s:
+        async with s.get(URL(f"{gateway.url}/api/c/big/{size}", encoded=True),
+                         headers=ours(gateway, key, "GET", f"/api/c/big/{size}")) as r:
+            async for chunk in r.content.iter_chunked(256 * 1024):
+                received += len(chunk)
+                await asyncio.sleep(0.004)  # ~60 MB/s: far slower than the upstream
+    growth_mib = (gateway.rss_peak_kib() - before) / 1024
+    print(f"100 MiB to a slow reader; gateway peak RSS grew {growth_mib:.1f} MiB")
+    assert received == size and growth_mib < 32
+
+
+async def test_pipelined_client_requests(gateway: GatewayProcess) -> None:
+    key = await signed_key(gateway)
+    raw = b""
+    for target in ("/api/c/pipe-1", "/api/c/pipe-2"):
+        lines = [f"GET {target} HTTP/1.1"] + [f"{n}: {v}" for n, v in
+                                              ours(gateway, key, "GET", target)]
+        raw += ("\r\n".join(lines) + "\r\n\r\n").encode()
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+    writer.write(raw)  # both at once, before any answer
+    await writer.drain()
+    answers = []
+    for _ in range(2):
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length:")))
+        answers.append(json.loads(await reader.readexactly(length))["target"])
+    writer.close()
+    assert answers == ["/api/c/pipe-1", "/api/c/pipe-2"]
+
+
+async def test_upstream_connections_are_reused(gateway: GatewayProcess) -> None:
+    key = await signed_key(gateway)
+    ports = set()
+    for i in range(10):  # one after the other: one pooled connection serves them all
+        _, body, _ = await fetch(gateway, key, "GET", f"/api/c/seq-{i}")
+        ports.add(json.loads(body)["peer_port"])
+    assert len(ports) == 1
+
+    async def one(i: int) -> int:
+        target = f"/api/c/conc-{i}"
+        status, answer, _ = await send(gateway, "GET", target, sign_sigv4(
+            "GET", target, gateway.host, [], b"", key_id=key.record.key_id,
+            secret=key.secret.hmac_key(), now=time.time()) + [("Host", gateway.host)])
+        assert status == 200 and answer["target"] == target  # nobody gets another's answer
+        return int(answer["peer_port"])
+
+    concurrent = await asyncio.gather(*(one(i) for i in range(40)))
+    again = await asyncio.gather(*(one(100 + i) for i in range(40)))
+    # the second wave rides (mostly) on connections the first one opened
+    assert len(set(again) - set(concurrent)) < 40
