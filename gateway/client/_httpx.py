@@ -11,7 +11,7 @@ header httpx built.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Generator
+from collections.abc import AsyncGenerator, AsyncIterable, Generator
 
 import httpx
 from httpx._multipart import MultipartStream
@@ -94,8 +94,10 @@ class HttpxAuth(httpx.Auth):
     async def async_auth_flow(self, request: httpx.Request
                               ) -> AsyncGenerator[httpx.Request, httpx.Response]:
         hashable = _hashable(request)
-        if hashable:
+        if hashable and isinstance(request.stream, AsyncIterable):
             await request.aread()
+        elif hashable:  # a plain file: read it here, then httpx sends the bytes
+            request.read()
         flow = self._start(request, request.content if hashable else None)
         while True:
             response = yield request
