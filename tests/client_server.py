@@ -61,8 +61,8 @@ class VerifyingServer:
     makes a verified key answer 401 ``key_revoked``. ``served`` counts 2xx
     answers per key ID."""
 
-    def __init__(self, policy: Policy = Policy()) -> None:
-        self.policy = policy
+    def __init__(self, policy: Policy | None = None) -> None:
+        self.policy = policy or Policy()
         self._keys: dict[str, bytes] = {}
         self._revoked: frozenset[str] = frozenset()
         self._seen: set[bytes] = set()

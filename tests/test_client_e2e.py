@@ -20,8 +20,7 @@ import httpx
 import pytest
 import requests
 
-from gateway.client import Credentials, HttpxAuth, RequestsAuth, UnsignableBody, \
-    aiohttp_middleware
+from gateway.client import Credentials, HttpxAuth, RequestsAuth, UnsignableBody, aiohttp_middleware
 from gateway.signing import Policy
 
 from .client_server import VerifyingServer, new_key, running
@@ -85,9 +84,9 @@ async def _async_call(adapter: str, auth: Any, method: str, url: str,
         for name, (filename, content) in files.items():
             form.add_field(name, io.BytesIO(content), filename=filename)
         data = form
-    async with aiohttp.ClientSession(middlewares=(auth,)) as session:
-        async with session.request(method, url, data=data, **kw) as r:
-            return r.status, await r.json()
+    async with aiohttp.ClientSession(middlewares=(auth,)) as session, \
+            session.request(method, url, data=data, **kw) as r:
+        return r.status, await r.json()
 
 
 def ok(status: int, echo: Any) -> Any:

@@ -24,7 +24,7 @@ def python(*args: str) -> subprocess.CompletedProcess[str]:
 def import_time_us() -> int:
     """Cumulative import time of gateway.client, as ``-X importtime`` reports it."""
     out = python("-X", "importtime", "-c", "import gateway.client").stderr
-    match = re.search(r"^import time:\s+\d+ \|\s+(\d+) \| gateway\.client$", out, re.M)
+    match = re.search(r"^import time:\s+\d+ \|\s+(\d+) \| gateway\.client$", out, re.MULTILINE)
     assert match, out[-2000:]
     return int(match.group(1))
 

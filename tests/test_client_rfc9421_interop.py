@@ -45,8 +45,9 @@ hosts = st.sampled_from(["gw.example", "gw.example:8443", "127.0.0.1:9000"])
 
 
 def sign(method: str, url: str, headers: list[tuple[str, str]], body: bytes,
-         signer: RFC9421Signer = RFC9421Signer()) -> Message:
-    return Message(method, url, headers + signer.sign(KEY, method, url, headers, body))
+         signer: RFC9421Signer | None = None) -> Message:
+    added = (signer or RFC9421Signer()).sign(KEY, method, url, headers, body)
+    return Message(method, url, headers + added)
 
 
 @PROPERTY

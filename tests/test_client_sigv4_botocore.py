@@ -67,7 +67,7 @@ def botocore_signs(method: str, url: str, hdrs: dict[str, str], body: bytes, now
     aws = AWSRequest(method=method, url=url, headers=dict(hdrs), data=body)
     if unsigned:
         aws.context["payload_signing_enabled"] = False
-    instant = dt.datetime.fromtimestamp(now, dt.timezone.utc).replace(tzinfo=None)
+    instant = dt.datetime.fromtimestamp(now, dt.UTC).replace(tzinfo=None)
     with mock.patch("botocore.auth.get_current_datetime", return_value=instant):
         SigV4Auth(BOTO, service, region).add_auth(aws)
     return aws

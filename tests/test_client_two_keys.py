@@ -9,7 +9,7 @@ import os
 import re
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import aiohttp
 import httpx
@@ -83,7 +83,7 @@ class ClientLoop:
                 async with session.get(self.url) as resp:
                     self._record(resp.status, await resp.json())
 
-    def __enter__(self) -> ClientLoop:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 

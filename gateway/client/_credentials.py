@@ -73,6 +73,10 @@ class Credentials:
     def secret_bytes(self) -> bytes:
         return self.secret.encode("ascii")
 
+    @property
+    def key_ids(self) -> tuple[str, ...]:
+        return tuple(k.key_id for k in self.keys())
+
     def keys(self) -> tuple[Credentials, ...]:
         """The current key, then the previous one if any (each without ``previous``)."""
         current = Credentials(self.key_id, self.secret)
@@ -114,7 +118,7 @@ class Credentials:
                                    f"{exc.strerror}") from exc
         try:
             data = json.loads(raw)
-        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        except ValueError:  # JSONDecodeError, UnicodeDecodeError
             raise CredentialsError(f"{file} is not JSON (expected the answer of key "
                                    "creation, with key_id and secret)") from None
         return cls._from_mapping(data, file)

@@ -89,7 +89,7 @@ class RequestsAuth(AuthBase):
         url = f"{scheme}://{host}{_encode_target(request.path_url)}"
         flow = self.session.attempts(request.method or "GET", url, request.headers.items(), body)
         request.headers.update(next(flow))
-        request.register_hook("response", self._on_response(flow))
+        request.hooks["response"].append(self._on_response(flow))
         return request
 
     @staticmethod

@@ -176,6 +176,6 @@ class SigningSession:
         with self._lock:
             self._file_state = state
             self._credentials = fresh
-            if self._preferred not in (k.key_id for k in fresh.keys()):
+            if self._preferred not in fresh.key_ids:
                 self._preferred = fresh.key_id
         return fresh

@@ -97,7 +97,7 @@ class SigV4Signer:
     def sign(self, key: Key, method: str, url: str, headers: Headers = (),
              body: bytes | None = b"", *, now: float | None = None,
              nonce: str | None = None) -> list[tuple[str, str]]:
-        scheme, host, target, rest = _prepare(url, headers)
+        _, host, target, rest = _prepare(url, headers)
         if body is None and not self.unsigned_payload:
             raise UnsignableBody(
                 "a streamed body cannot be hashed for SigV4: pass bytes or a file, or "
