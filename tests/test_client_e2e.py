@@ -200,3 +200,34 @@ def test_the_gateway_default_refuses_unsigned_payload(server: VerifyingServer) -
     status, echo = call("requests", make_auth("requests", unsigned_payload=True), "POST",
                         server.url + "/api/s", body=stream("requests"))
     assert (status, echo["error"]) == (400, "unsupported_payload")
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("adapter", ADAPTERS)
+@pytest.mark.parametrize("host", ["LocalHost", "LOCALHOST"])
+def test_the_host_is_signed_as_the_library_sends_it(server: VerifyingServer, adapter: str,
+                                                    scheme: str, host: str) -> None:
+    url = server.url.replace("127.0.0.1", host) + "/api/host"
+    ok(*call(adapter, make_auth(adapter, scheme=scheme), "GET", url))
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS)
+def test_a_host_header_set_by_the_caller_is_the_one_signed(server: VerifyingServer,
+                                                           adapter: str) -> None:
+    ok(*call(adapter, make_auth(adapter), "GET", server.url + "/api/vhost",
+             headers={"Host": "api.internal.example"}))
+
+
+@pytest.mark.parametrize("url", ["http://Example.COM.:80/x", "http://[::1]:8080/",
+                                 "https://h.example:443/", "http://user:pw@H.Example:81/p?q",
+                                 "https://gw.example./a"])
+def test_requests_host_is_the_one_http_client_writes(url: str) -> None:
+    # no name resolution needed: urllib3's own connection object says what it will send
+    from urllib3 import PoolManager
+
+    from gateway.client._requests import _host
+
+    conn = PoolManager().connection_from_url(url)._new_conn()
+    default = 443 if url.startswith("https") else 80
+    host = f"[{conn.host}]" if ":" in conn.host else conn.host
+    assert _host(url) == (host if conn.port == default else f"{host}:{conn.port}")

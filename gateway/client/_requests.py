@@ -1,10 +1,10 @@
 """``RequestsAuth``: a ``requests.auth.AuthBase`` (imports requests, so it is loaded
 only when used: ``gateway.client`` itself stays light).
 
-What is signed is what urllib3 puts on the wire: the target is passed through
-urllib3's own target encoding (it upper-cases percent escapes and encodes
-characters ``requote_uri`` leaves alone), and ``Host`` is set explicitly so
-urllib3 does not compute its own. A ``str`` body is sent as the UTF-8 bytes
+What is signed is what urllib3 puts on the wire: the target passed through
+urllib3's own target encoding (it upper-cases percent escapes and encodes what
+``requote_uri`` leaves alone), and the ``Host`` http.client writes (lower-cased,
+no trailing dot, no default port) unless the caller set one. A ``str`` body is sent as the UTF-8 bytes
 that were hashed; a file is read once, hashed and sent as those bytes; an
 iterator or generator is a stream (see ``SigV4Signer``).
 """
@@ -21,6 +21,7 @@ from urllib3.util.url import _encode_target
 
 from ._credentials import Credentials
 from ._session import Attempts, Scheme, SigningSession, auth_failure
+from ._signers import split_url
 
 __all__ = ["RequestsAuth"]
 
@@ -46,16 +47,13 @@ def _body_bytes(request: requests.PreparedRequest) -> bytes | None:
     return data
 
 
-def _host(request: requests.PreparedRequest) -> tuple[str, str]:
-    # urllib3 lower-cases the host and adds the port only when it is not the default
-    url = request.url or ""
-    scheme, _, rest = url.partition("://")
-    authority = rest.split("/", 1)[0].split("?", 1)[0].rpartition("@")[2].lower()
-    host, colon, port = authority.rpartition(":")
-    if colon and not authority.endswith("]") and port == {"http": "80", "https": "443"}.get(
-            scheme.lower()):
-        authority = host
-    return scheme.lower(), authority
+def _host(url: str) -> str:
+    # as urllib3 and http.client write it: lower case, no trailing dot, no default port
+    scheme, host, _ = split_url(url)
+    if host.endswith("]"):
+        return host
+    name, colon, port = host.rpartition(":")
+    return f"{name.rstrip('.')}:{port}" if colon else host.rstrip(".")
 
 
 class RequestsAuth(AuthBase):
@@ -84,10 +82,11 @@ class RequestsAuth(AuthBase):
 
     def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
         body = _body_bytes(request)
-        scheme, host = _host(request)
-        request.headers["Host"] = host
-        url = f"{scheme}://{host}{_encode_target(request.path_url)}"
-        flow = self.session.attempts(request.method or "GET", url, request.headers.items(), body)
+        url = request.url or ""
+        host = request.headers.get("Host") or _host(url)
+        url = f"{url.partition(':')[0]}://{host}{_encode_target(request.path_url)}"
+        flow = self.session.attempts(request.method or "GET", url,
+                                     [("Host", host), *request.headers.items()], body)
         request.headers.update(next(flow))
         request.hooks["response"].append(self._on_response(flow))
         return request
