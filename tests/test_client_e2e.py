@@ -231,3 +231,20 @@ def test_requests_host_is_the_one_http_client_writes(url: str) -> None:
     default = 443 if url.startswith("https") else 80
     host = f"[{conn.host}]" if ":" in conn.host else conn.host
     assert _host(url) == (host if conn.port == default else f"{host}:{conn.port}")
+
+
+def test_aiohttp_compress_is_refused_and_pre_compressed_bytes_work(
+        server: VerifyingServer) -> None:
+    import zlib
+
+    async def go() -> tuple[int, Any]:
+        async with aiohttp.ClientSession(middlewares=(make_auth("aiohttp"),)) as session:
+            with pytest.raises(UnsignableBody, match="compress it yourself"):
+                await session.post(server.url + "/api/z", data=b"x" * 100, compress="deflate")
+            body = zlib.compress(b"x" * 100)
+            async with session.post(server.url + "/api/z", data=body,
+                                    headers={"Content-Encoding": "deflate"}) as r:
+                return r.status, await r.json()
+
+    echo = ok(*asyncio.run(go()))
+    assert echo["body_sha256"] == hashlib.sha256(zlib.compress(b"x" * 100)).hexdigest()

@@ -14,6 +14,7 @@ from aiohttp.multipart import BodyPartReaderPayload
 from aiohttp.payload import AsyncIterablePayload, BytesPayload
 
 from ._credentials import Credentials
+from ._errors import UnsignableBody
 from ._session import Scheme, SigningSession, auth_failure
 
 __all__ = ["SigningMiddleware", "aiohttp_middleware"]
@@ -26,6 +27,11 @@ async def _body_bytes(request: ClientRequest) -> bytes | None:
     body = request.body
     if body == b"":
         return b""
+    if request.compress:  # the writer would deflate after hashing: another body
+        raise UnsignableBody(
+            f"aiohttp compresses this body while sending it (compress={request.compress!r}), "
+            "so its digest cannot be signed: compress it yourself and send the bytes with "
+            "a Content-Encoding header")
     if isinstance(body, BytesPayload):  # bytes, str, JSON, url-encoded form
         return await body.as_bytes()
     if isinstance(body, (AsyncIterablePayload, BodyPartReaderPayload)):

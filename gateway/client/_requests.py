@@ -49,7 +49,7 @@ def _body_bytes(request: requests.PreparedRequest) -> bytes | None:
 
 def _host(url: str) -> str:
     # as urllib3 and http.client write it: lower case, no trailing dot, no default port
-    scheme, host, _ = split_url(url)
+    _, host, _ = split_url(url)
     if host.endswith("]"):
         return host
     name, colon, port = host.rpartition(":")

@@ -7,7 +7,8 @@ one second would be rejected as replays (DESIGN §2.1). The clock and the nonce
 are parameters, read or drawn only when not given (as in ``fernet``).
 
 ``url`` is the absolute URL exactly as it goes on the wire (already
-percent-encoded: nothing is re-encoded here). Every header passed in is signed;
+percent-encoded: nothing is re-encoded here). Every header passed in is signed,
+except stale copies of those the signer sets itself (``ADDED_HEADERS``);
 ``Host`` defaults to the URL's authority without a default port.
 """
 
