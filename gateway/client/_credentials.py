@@ -35,7 +35,8 @@ def _check_key_id(key_id: object) -> str:
 
 
 def _check_secret(secret: object) -> str:
-    if not isinstance(secret, str) or not secret or not secret.isascii() or not secret.isprintable():
+    if not isinstance(secret, str) or not secret or not (secret.isascii()
+                                                         and secret.isprintable()):
         raise CredentialsError("the secret must be non-empty printable ASCII, exactly as printed "
                                "when the key was created")
     return secret

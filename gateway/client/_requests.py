@@ -4,9 +4,9 @@ only when used: ``gateway.client`` itself stays light).
 What is signed is what urllib3 puts on the wire: the target passed through
 urllib3's own target encoding (it upper-cases percent escapes and encodes what
 ``requote_uri`` leaves alone), and the ``Host`` http.client writes (lower-cased,
-no trailing dot, no default port) unless the caller set one. A ``str`` body is sent as the UTF-8 bytes
-that were hashed; a file is read once, hashed and sent as those bytes; an
-iterator or generator is a stream (see ``SigV4Signer``).
+no trailing dot, no default port) unless the caller set one. A ``str`` body is
+sent as the UTF-8 bytes that were hashed; a file is read once, hashed and sent
+as those bytes; an iterator or generator is a stream (see ``SigV4Signer``).
 """
 
 from __future__ import annotations

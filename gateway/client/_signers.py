@@ -22,7 +22,8 @@ from typing import Protocol
 from ..signing.signer import sign_rfc9421, sign_sigv4
 from ._errors import UnsignableBody
 
-__all__ = ["ADDED_HEADERS", "NONCE_HEADER", "Key", "RFC9421Signer", "SigV4Signer", "new_nonce", "split_url"]
+__all__ = ["ADDED_HEADERS", "NONCE_HEADER", "Key", "RFC9421Signer", "SigV4Signer", "new_nonce",
+           "split_url"]
 
 NONCE_HEADER = "X-Gateway-Nonce"
 # what the signers add; stale copies (a previous attempt's) are never signed or sent twice
@@ -144,6 +145,3 @@ class RFC9421Signer:
                               secret=key.secret_bytes, now=now, scheme=scheme, label=self.label,
                               nonce=nonce, expires=expires, digest=self.digest)
         return added
-
-
-Signer = SigV4Signer | RFC9421Signer
