@@ -248,3 +248,24 @@ def test_aiohttp_compress_is_refused_and_pre_compressed_bytes_work(
 
     echo = ok(*asyncio.run(go()))
     assert echo["body_sha256"] == hashlib.sha256(zlib.compress(b"x" * 100)).hexdigest()
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("adapter", ["httpx-async", "aiohttp"])
+def test_concurrent_identical_requests_all_pass(server: VerifyingServer, adapter: str,
+                                                scheme: str) -> None:
+    auth = make_auth(adapter, scheme=scheme)
+    url = server.url + "/api/burst?page=1"
+
+    async def burst() -> list[int]:
+        if adapter == "aiohttp":
+            async with aiohttp.ClientSession(middlewares=(auth,)) as session:
+                async def one() -> int:
+                    async with session.get(url) as r:
+                        return r.status
+                return list(await asyncio.gather(*(one() for _ in range(50))))
+        async with httpx.AsyncClient(auth=auth) as client:
+            responses = await asyncio.gather(*(client.get(url) for _ in range(50)))
+            return [r.status_code for r in responses]
+
+    assert asyncio.run(burst()) == [200] * 50

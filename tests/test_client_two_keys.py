@@ -99,22 +99,23 @@ class ClientLoop:
             assert self._thread.is_alive(), "the client loop died"
 
 
-def make_auth(adapter: str, credentials: Credentials) -> Any:
+def make_auth(adapter: str, credentials: Credentials, scheme: Any) -> Any:
     if adapter == "requests":
-        return RequestsAuth(credentials)
+        return RequestsAuth(credentials, scheme=scheme)
     if adapter.startswith("httpx"):
-        return HttpxAuth(credentials)
-    return aiohttp_middleware(credentials)
+        return HttpxAuth(credentials, scheme=scheme)
+    return aiohttp_middleware(credentials, scheme=scheme)
 
 
+@pytest.mark.parametrize("scheme", ["sigv4", "rfc9421"])
 @pytest.mark.parametrize("adapter", ADAPTERS)
-def test_rotation_under_load_fails_no_call(adapter: str, tmp_path: Path) -> None:
+def test_rotation_under_load_fails_no_call(adapter: str, scheme: str, tmp_path: Path) -> None:
     old, new = new_key(), new_key()
     creds_file = tmp_path / "gateway-key.json"
     write_credentials(creds_file, old)
     with running(VerifyingServer()) as server:
         server.accept(dict([old]))
-        auth = make_auth(adapter, Credentials.from_file(creds_file))
+        auth = make_auth(adapter, Credentials.from_file(creds_file), scheme)
         with ClientLoop(adapter, auth, server.url + "/api/poll?item=1&item=2") as loop:
             loop.wait_for(5)
             # 1. the rotation's answer is saved before every gateway instance knows the
