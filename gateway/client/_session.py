@@ -93,6 +93,7 @@ class SigningSession:
         self._clock = clock
         self._lock = threading.Lock()
         self._credentials = credentials
+        self._keys = credentials.keys()
         self._file_state = self._stat(credentials)
         self._preferred = credentials.key_id
         self._fallback_at = 0.0
@@ -101,7 +102,8 @@ class SigningSession:
     @property
     def credentials(self) -> Credentials:
         """The credentials in use, reloaded first if their file changed."""
-        return self._refresh()
+        self._refresh()
+        return self._credentials
 
     @property
     def key_id(self) -> str:
@@ -118,13 +120,13 @@ class SigningSession:
                  body: bytes | None) -> Attempts:
         """The headers of each attempt: one, or two in two-key mode. ``body=None``
         is a stream: it is sent once, never retried."""
-        credentials = self._refresh()
-        keys = self._order(credentials)
+        keys = self._refresh()
+        current = keys[0].key_id
         signed = headers_to_sign(headers)
-        for index, key in enumerate(keys):
+        for index, key in enumerate(self._order(keys)):
             code = yield self.signer.sign(key, method, url, signed, body)
             if code is None:
-                self._worked(key.key_id, credentials, retried=index > 0)
+                self._worked(key.key_id, current, retried=index > 0)
                 return
             self._failed(key.key_id)
             if body is None:
@@ -132,16 +134,15 @@ class SigningSession:
 
     # -- state ----------------------------------------------------------------------
 
-    def _order(self, credentials: Credentials) -> tuple[Credentials, ...]:
-        keys = credentials.keys()
+    def _order(self, keys: tuple[Credentials, ...]) -> tuple[Credentials, ...]:
         if len(keys) == 2 and self._preferred == keys[1].key_id and (
                 self._clock() - self._fallback_at < self.retry_current_after):
             return keys[1], keys[0]
         return keys
 
-    def _worked(self, key_id: str, credentials: Credentials, *, retried: bool) -> None:
+    def _worked(self, key_id: str, current: str, *, retried: bool) -> None:
         with self._lock:
-            if key_id == credentials.key_id:
+            if key_id == current:
                 self._preferred = key_id
             elif retried:  # the current key failed and the previous one did not
                 self._preferred = key_id
@@ -161,13 +162,14 @@ class SigningSession:
             return None
         return st.st_mtime_ns, st.st_size, st.st_ino
 
-    def _refresh(self) -> Credentials:
+    def _refresh(self) -> tuple[Credentials, ...]:
+        """The keys, current first, after reloading their file if it changed."""
         credentials = self._credentials
         if credentials.path is None:
-            return credentials
+            return self._keys
         state = self._stat(credentials)
         if state is None or state == self._file_state:  # unchanged, or being replaced
-            return credentials
+            return self._keys
         try:
             fresh = Credentials.from_file(credentials.path)
         except CredentialsError as exc:
@@ -176,6 +178,7 @@ class SigningSession:
         with self._lock:
             self._file_state = state
             self._credentials = fresh
+            self._keys = fresh.keys()
             if self._preferred not in fresh.key_ids:
                 self._preferred = fresh.key_id
-        return fresh
+            return self._keys
