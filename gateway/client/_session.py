@@ -88,7 +88,6 @@ class SigningSession:
             self.signer = RFC9421Signer()
         else:
             raise ValueError(f"scheme must be 'sigv4' or 'rfc9421', not {scheme!r}")
-        self.scheme = scheme
         self.retry_current_after = retry_current_after
         self._clock = clock
         self._lock = threading.Lock()
