@@ -10,6 +10,7 @@ import asyncio
 import datetime as dt
 import hashlib
 import json
+import secrets
 import shutil
 import time
 from typing import Any
@@ -49,6 +50,8 @@ async def send(gw: GatewayProcess, method: str, target: str, headers: list[tuple
 def ours(gw: GatewayProcess, key: Issued, method: str, target: str, body: bytes = b"",
          headers: tuple[tuple[str, str], ...] = (), now: float | None = None
          ) -> list[tuple[str, str]]:
+    # a signed nonce, as the SDK sends: identical requests in one second are not replays
+    headers = (*headers, ("X-Gateway-Nonce", secrets.token_hex(8)))
     added = sign_sigv4(method, target, gw.host, list(headers), body,
                        key_id=key.record.key_id, secret=key.secret.hmac_key(),
                        now=time.time() if now is None else now)

@@ -40,6 +40,8 @@ class TrustedProxies:
         return bool(self._networks)
 
     def trusts(self, address: str) -> bool:
+        if not self._networks:
+            return False
         try:
             ip = ip_address(address)
         except ValueError:

@@ -26,10 +26,33 @@ __all__ = ["CacheStats", "KeyCache", "KeyEntry"]
 log = logging.getLogger("gateway.cache")
 
 
-@dataclass(slots=True)
+_NEVER = float("inf")
+
+
 class KeyEntry:
-    record: KeyRecord
-    secret: bytes  # the HMAC key: ASCII bytes of the secret
+    """A cached key: the record, its HMAC key, and its deadlines as epoch seconds
+    (computed once per load, so the hot path compares floats, not datetimes)."""
+
+    __slots__ = ("record", "secret", "revoked_at", "expires_at", "inactive_at", "deadline")
+
+    def __init__(self, record: KeyRecord, secret: bytes, inactivity: float) -> None:
+        self.record = record
+        self.secret = secret  # the HMAC key: ASCII bytes of the secret
+        self.revoked_at = record.revoked_at.timestamp() if record.revoked_at else _NEVER
+        self.expires_at = record.expires_at.timestamp() if record.expires_at else _NEVER
+        inactive = record.inactive_after(inactivity)
+        self.inactive_at = inactive.timestamp() if inactive else _NEVER
+        self.deadline = min(self.expires_at, self.inactive_at)
+
+    def status(self, now: float) -> str:
+        """As ``KeyRecord.status`` (same precedence), at epoch second ``now``."""
+        if now >= self.revoked_at:
+            return "revoked"
+        if now >= self.expires_at:
+            return "expired"
+        if now >= self.inactive_at:
+            return "inactive"
+        return "rotating" if self.revoked_at != _NEVER else "active"
 
     def __repr__(self) -> str:
         return f"KeyEntry({self.record.key_id!r})"
@@ -46,7 +69,7 @@ class CacheStats:
 
 class KeyCache:
     def __init__(self, store: Store, keyring: Keyring, *, ttl: float, negative_ttl: float,
-                 max_entries: int, serve_stale: float,
+                 max_entries: int, serve_stale: float, inactivity: float,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._store = store
         self._keyring = keyring
@@ -55,6 +78,7 @@ class KeyCache:
         self._max_entries = max_entries
         self._serve_stale = serve_stale
         self._clock = clock
+        self._inactivity = inactivity
         # key_id -> (entry or None for "unknown", loaded at)
         self._entries: dict[str, tuple[KeyEntry | None, float]] = {}
         self._inflight: dict[str, asyncio.Future[KeyEntry | None]] = {}
@@ -100,7 +124,7 @@ class KeyCache:
             except KekError as exc:  # an operator problem: say so in the log, not to the client
                 log.error("cannot unwrap key material: %s", exc)
                 raise GatewayError("store_unavailable", "key material is unavailable") from None
-            entry = KeyEntry(record, secret)
+            entry = KeyEntry(record, secret, self._inactivity)
         self._put(key_id, entry, self._clock())
         return entry
 

@@ -24,7 +24,7 @@ from ..signing import Body, Policy, Request, Verified, parse
 from .accesslog import AccessLog
 from .forward import Forwarder, UpstreamRequest
 from .headers import TrustedProxies, upstream_headers
-from .keycache import KeyCache
+from .keycache import KeyCache, KeyEntry
 from .replay import ReplayGuard
 from .routes import Route, RouteTable, check_target, scope_allows
 from .usage import UsageRecorder
@@ -84,6 +84,13 @@ class DataPlane:
         self._authority = config.server.public_authority or None
         self._inactivity = config.policy.inactivity
         self._warning = config.auth.expiry_warning
+        self._request_prefix = uuid.uuid4().hex[:20]
+        self._request_seq = 0
+
+    def _new_request_id(self) -> str:
+        # unique, not secret: a random per-process prefix and a counter (no syscall)
+        self._request_seq += 1
+        return f"{self._request_prefix}{self._request_seq:012x}"
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         now = time.time()
@@ -98,7 +105,7 @@ class DataPlane:
 
     async def _handle(self, request: web.BaseRequest, now: float
                       ) -> tuple[web.StreamResponse, str | None]:
-        request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+        request_id = request.headers.get("X-Request-Id") or self._new_request_id()
         answer = [("X-Request-Id", request_id)]
         route_name = "-"
         try:
@@ -132,8 +139,9 @@ class DataPlane:
                                    f"the key may not {request.method[:16]} here")
             # 10. forward exactly what was verified
             target = route.upstream_target(path, _strip_presign(query, facts))
+            peer = _peer(request)
             upstream = UpstreamRequest(request.method, target, upstream_headers(
-                headers, peer=_peer(request), peer_trusted=self.trusted.trusts(_peer(request)),
+                headers, peer=peer, peer_trusted=self.trusted.trusts(peer),
                 scheme=request.scheme, host=request.host,
                 identity=[("X-Gateway-Key-Id", record.key_id),
                           ("X-Gateway-Principal", record.principal),
@@ -167,11 +175,12 @@ class DataPlane:
         if entry is None:
             raise SignatureError("signature_invalid", "the signature does not match the request")
         record = entry.record
-        answer += self._expiry_warning(record, now)
+        if entry.deadline - now <= self._warning:
+            answer.append(("Gateway-Key-Expires", rfc3339(record.deadline(self._inactivity)) or ""))
         # 9. replay, then key status and policy (only now may we say why)
         if replay and not self.replay.first_use(facts.replay_token, facts.replay_until, now):
             raise GatewayError("replayed", "this signed request was already used")
-        self._check_key(record, request, now, data_plane=data_plane)
+        self._check_key(entry, request, now, data_plane=data_plane)
         self.usage.record(record.key_id, now)
         return Authenticated(facts, record, body)
 
@@ -194,15 +203,16 @@ class DataPlane:
             raise GatewayError("malformed_request", "the body did not arrive in time") from None
         return b"".join(chunks)
 
-    def _check_key(self, record: KeyRecord, request: web.BaseRequest, now: float, *,
+    def _check_key(self, entry: KeyEntry, request: web.BaseRequest, now: float, *,
                    data_plane: bool) -> None:
-        status = record.status(datetime.fromtimestamp(now, UTC), self._inactivity)
+        status = entry.status(now)
         if status == "revoked":
             raise GatewayError("key_revoked", "the key has been revoked")
         if status == "expired":
             raise GatewayError("key_expired", "the key has expired")
         if status == "inactive":
             raise GatewayError("key_inactive", "the key expired after a long time unused")
+        record = entry.record
         if data_plane and self.config.policy.reject_keys_without_mfa and \
                 not record.issued_with_mfa:
             raise GatewayError("mfa_required", "keys issued without MFA are refused")
@@ -211,12 +221,6 @@ class DataPlane:
             client = self.trusted.client_address(peer, request.headers.get("X-Forwarded-For"))
             if not TrustedProxies(record.source_cidrs).trusts(client):
                 raise GatewayError("source_denied", "the key may not be used from this address")
-
-    def _expiry_warning(self, record: KeyRecord, now: float) -> list[tuple[str, str]]:
-        deadline = record.deadline(self._inactivity)
-        if deadline is not None and deadline.timestamp() - now <= self._warning:
-            return [("Gateway-Key-Expires", rfc3339(deadline) or "")]
-        return []
 
     async def _reserved(self, request: web.BaseRequest, path: str, record: KeyRecord,
                         answer: list[tuple[str, str]]) -> web.StreamResponse:

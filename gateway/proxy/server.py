@@ -80,7 +80,8 @@ class Gateway:
         keyring = load_keyring(config.kek.keyring)
         c = config.cache
         self.cache = KeyCache(store, keyring, ttl=c.ttl, negative_ttl=c.negative_ttl,
-                              max_entries=c.max_entries, serve_stale=c.serve_stale)
+                              max_entries=c.max_entries, serve_stale=c.serve_stale,
+                              inactivity=config.policy.inactivity)
         self.usage = UsageRecorder(store)
         self.forwarder: Forwarder = (LeanForwarder() if config.server.forwarder == "lean"
                                      else SessionForwarder())
