@@ -147,11 +147,13 @@ class GatewayProcess:
         raise RuntimeError("no VmHWM")
 
 
-def write_config(tmp: Path, upstream: Upstream, *, server: str = "",
-                 extra: str = "") -> tuple[Path, int, int]:
-    """``server``: more lines for [server]; ``extra``: more sections."""
+def write_config(tmp: Path, upstream: Upstream, *, server: str = "", extra: str = "",
+                 store_url: str | None = None, name: str = "gateway",
+                 change_poll: str = "100ms") -> tuple[Path, int, int]:
+    """``server``: more lines for [server]; ``extra``: more sections. Instances that
+    share ``tmp`` share its keyring (created by the first)."""
     port, admin_port = free_port(), free_port()
-    config = tmp / "gateway.toml"
+    config = tmp / f"{name}.toml"
     config.write_text(f"""
 [server]
 listen = "127.0.0.1:{port}"
@@ -159,11 +161,11 @@ listen = "127.0.0.1:{port}"
 [admin]
 listen = "127.0.0.1:{admin_port}"
 [store]
-url = "sqlite://{tmp / 'keys.db'}"
+url = "{store_url or f"sqlite://{tmp / 'keys.db'}"}"
 [kek]
 keyring = "{tmp / 'keyring.json'}"
 [cache]
-change_poll = "100ms"
+change_poll = "{change_poll}"
 [policy]
 min_lifetime = "1s"
 inactivity = "30d"
@@ -171,14 +173,15 @@ inactivity = "30d"
 access_log = true
 {extra}
 """ + ROUTES.format(upstream=upstream.url, dead_port=free_port()))
-    create_keyring_file(tmp / "keyring.json", Keyring.generate(datetime.now(UTC)))
+    if not (tmp / "keyring.json").exists():
+        create_keyring_file(tmp / "keyring.json", Keyring.generate(datetime.now(UTC)))
     return config, port, admin_port
 
 
-def start_gateway(tmp: Path, upstream: Upstream, *, server: str = "",
-                  extra: str = "") -> GatewayProcess:
-    config, port, admin_port = write_config(tmp, upstream, server=server, extra=extra)
-    log = tmp / "gateway.out"
+def start_gateway(tmp: Path, upstream: Upstream, **settings: str) -> GatewayProcess:
+    """A ``gateway serve`` process; ``settings`` as for :func:`write_config`."""
+    config, port, admin_port = write_config(tmp, upstream, **settings)
+    log = tmp / f"{config.stem}.out"
     with log.open("wb") as sink:
         proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--config",
                                  str(config)], cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT)

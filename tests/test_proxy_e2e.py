@@ -295,7 +295,7 @@ async def test_oversized_body_is_refused_before_it_is_read(gateway: GatewayProce
                                                            key: Issued) -> None:
     # declare 8 MiB on a 1 MiB route, send only the head: the 413 must come anyway
     reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
-    head = "\r\n".join([f"POST /api/neg/big HTTP/1.1", f"Host: {gateway.host}",
+    head = "\r\n".join(["POST /api/neg/big HTTP/1.1", f"Host: {gateway.host}",
                         "Content-Length: 8388608", "Content-Type: application/octet-stream",
                         *[f"{n}: {v}" for n, v in ours(gateway, key, "POST", "/api/neg/big")
                           if n != "Host"], "", ""])

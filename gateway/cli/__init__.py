@@ -46,8 +46,14 @@ async def _run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     keyring = load_keyring(config.kek.keyring) if args.needs_keyring else None
     store: Store | None = None
+    shared = None
     if getattr(args, "needs_store", True):
         store = await open_store(config.store.url)
+        if config.redis is not None:  # changes reach running gateways in milliseconds
+            from gateway.proxy.shared import SharedTier
+
+            shared = SharedTier(config.redis)
+            store.change_listener = shared.publish_changes
     try:
         ctx = Context(args=args, config=config, opened_store=store, keyring=keyring,
                       actor=cli_actor(), now=datetime.now(UTC), json=args.json)
@@ -55,6 +61,8 @@ async def _run(args: argparse.Namespace) -> int:
     finally:
         if store is not None:
             await store.close()
+        if shared is not None:
+            await shared.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -49,6 +49,9 @@ async def readyz(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAY_KEY]
     if gateway.draining:
         return web.json_response({"status": "draining"}, status=503)
+    if gateway.shared is not None and not gateway.shared.healthy:
+        # never 503 for Redis alone: a Redis outage must not drain the whole fleet
+        return web.json_response({"status": "degraded", "redis": "unreachable"})
     return web.json_response({"status": "ok"})
 
 

@@ -16,10 +16,13 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from redis.exceptions import RedisError
+
 from ..errors import GatewayError
 from ..kek import KekError, Keyring
 from ..keys.record import KeyRecord
 from ..store import Store, StoreError
+from .shared import RedisDown, SharedTier
 
 __all__ = ["CacheStats", "KeyCache", "KeyEntry"]
 
@@ -58,9 +61,19 @@ class KeyEntry:
         return f"KeyEntry({self.record.key_id!r})"
 
 
+class _Stale:
+    """A cached entry served past its TTL because the store is unreachable."""
+
+    __slots__ = ("entry",)
+
+    def __init__(self, entry: KeyEntry | None) -> None:
+        self.entry = entry
+
+
 @dataclass(slots=True)
 class CacheStats:
     hits: int = 0
+    shared_hits: int = 0
     misses: int = 0
     store_reads: int = 0
     store_errors: int = 0
@@ -70,6 +83,7 @@ class CacheStats:
 class KeyCache:
     def __init__(self, store: Store, keyring: Keyring, *, ttl: float, negative_ttl: float,
                  max_entries: int, serve_stale: float, inactivity: float,
+                 shared: SharedTier | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._store = store
         self._keyring = keyring
@@ -79,6 +93,7 @@ class KeyCache:
         self._serve_stale = serve_stale
         self._clock = clock
         self._inactivity = inactivity
+        self._shared = shared
         # key_id -> (entry or None for "unknown", loaded at)
         self._entries: dict[str, tuple[KeyEntry | None, float]] = {}
         self._inflight: dict[str, asyncio.Future[KeyEntry | None]] = {}
@@ -94,7 +109,7 @@ class KeyCache:
         now = self._clock()
         if cached is not None:
             entry, loaded = cached
-            if now - loaded < (self._ttl if entry is not None else self._negative_ttl):
+            if now - loaded < (self._positive_ttl() if entry is not None else self._negative_ttl):
                 self.stats.hits += 1
                 return entry
         self.stats.misses += 1
@@ -106,17 +121,43 @@ class KeyCache:
         # shielded: a client that goes away must not cancel the read the others await
         return await asyncio.shield(task)
 
+    def _positive_ttl(self) -> float:
+        # while pub/sub is not listening, changes arrive only by the poll: keep entries short
+        if self._shared is not None and not self._shared.subscribed:
+            return min(self._ttl, 1.0)
+        return self._ttl
+
     async def _load(self, key_id: str, cached: tuple[KeyEntry | None, float] | None,
                     now: float) -> KeyEntry | None:
+        if self._shared is not None and self._shared.healthy:
+            try:
+                found, record = await self._shared.get_record(key_id)
+            except RedisDown:
+                found = False
+            if found:
+                self.stats.shared_hits += 1
+                return self._entry(key_id, record)
+        record = await self._read_store(key_id, cached, now)
+        if isinstance(record, _Stale):
+            return record.entry
+        if self._shared is not None and self._shared.healthy:
+            await self._shared.put_record(key_id, record, self._ttl if record is not None
+                                          else self._negative_ttl)
+        return self._entry(key_id, record)
+
+    async def _read_store(self, key_id: str, cached: tuple[KeyEntry | None, float] | None,
+                          now: float) -> KeyRecord | None | _Stale:
         self.stats.store_reads += 1
         try:
-            record = await self._store.get_key(key_id)
+            return await self._store.get_key(key_id)
         except StoreError:
             self.stats.store_errors += 1
             if cached is not None and now - cached[1] < self._ttl + self._serve_stale:
                 self.stats.stale_served += 1
-                return cached[0]
+                return _Stale(cached[0])
             raise
+
+    def _entry(self, key_id: str, record: KeyRecord | None) -> KeyEntry | None:
         entry = None
         if record is not None:
             try:
@@ -138,6 +179,9 @@ class KeyCache:
         for key_id in key_ids:
             self._entries.pop(key_id, None)
 
+    def clear(self) -> None:
+        self._entries.clear()
+
     async def poll_changes(self) -> int:
         """Drop every key changed since the last poll; the number of changes seen."""
         seq = await self._store.max_change_seq()
@@ -149,7 +193,13 @@ class KeyCache:
             changes = await self._store.changes_since(self._seen_seq)
             if not changes:
                 break
-            self.drop(c.key_id for c in changes)
+            ids = sorted({c.key_id for c in changes})
+            self.drop(ids)
+            if self._shared is not None:  # a publisher may have died before dropping them
+                try:
+                    await self._shared.forget(ids)
+                except (RedisError, OSError):
+                    pass
             self._seen_seq = changes[-1].seq
             seen += len(changes)
         return seen

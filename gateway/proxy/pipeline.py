@@ -6,6 +6,7 @@ here writes to the store or awaits Redis per request.
 from __future__ import annotations
 
 import asyncio
+import math
 import secrets
 import time
 import uuid
@@ -25,8 +26,8 @@ from .accesslog import AccessLog
 from .forward import Forwarder, UpstreamRequest
 from .headers import TrustedProxies, upstream_headers
 from .keycache import KeyCache, KeyEntry
-from .replay import ReplayGuard
-from .routes import Route, RouteTable, check_target, scope_allows
+from .limits import Limits
+from .routes import RouteTable, check_target, scope_allows
 from .usage import UsageRecorder
 
 __all__ = ["Authenticated", "DataPlane", "decoded_headers", "error_response"]
@@ -41,8 +42,6 @@ def error_response(exc: GatewayError, extra: list[tuple[str, str]] | None = None
                    ) -> web.Response:
     response = web.Response(status=exc.status, body=orjson.dumps(exc.body()),
                             content_type="application/json")
-    if exc.code == "rate_limited":
-        response.headers["Retry-After"] = "1"
     for name, value in extra or ():
         response.headers[name] = value
     return response
@@ -67,7 +66,7 @@ class Counters:
 
 class DataPlane:
     def __init__(self, config: Config, cache: KeyCache, forwarder: Forwarder,
-                 usage: UsageRecorder, access_log: AccessLog) -> None:
+                 usage: UsageRecorder, access_log: AccessLog, limits: Limits) -> None:
         self.config = config
         self.routes = RouteTable(config.routes, config.auth)
         self.reserved_policy = Policy.from_config(config.auth)
@@ -75,7 +74,7 @@ class DataPlane:
         self.forwarder = forwarder
         self.usage = usage
         self.access_log = access_log
-        self.replay = ReplayGuard()
+        self.limits = limits
         self.trusted = TrustedProxies(config.server.trusted_proxies)
         self.counters = Counters()
         self._max_headers = config.server.max_headers
@@ -137,6 +136,13 @@ class DataPlane:
             if required is not None and not scope_allows(record.scopes, required):
                 raise GatewayError("scope_denied",
                                    f"the key may not {request.method[:16]} here")
+            # rate limit: after verification, so strangers cannot spend someone's quota
+            if record.rate_limit is not None:
+                allowed, wait = await self.limits.allow(
+                    record.key_id, record.rate_limit.rps, record.rate_limit.burst, now)
+                if not allowed:
+                    answer.append(("Retry-After", str(max(1, math.ceil(wait)))))
+                    raise GatewayError("rate_limited", "the key's rate limit is exceeded")
             # 10. forward exactly what was verified
             target = route.upstream_target(path, _strip_presign(query, facts))
             peer = _peer(request)
@@ -178,7 +184,8 @@ class DataPlane:
         if entry.deadline - now <= self._warning:
             answer.append(("Gateway-Key-Expires", rfc3339(record.deadline(self._inactivity)) or ""))
         # 9. replay, then key status and policy (only now may we say why)
-        if replay and not self.replay.first_use(facts.replay_token, facts.replay_until, now):
+        if replay and not await self.limits.first_use(facts.replay_token, facts.replay_until,
+                                                      now):
             raise GatewayError("replayed", "this signed request was already used")
         self._check_key(entry, request, now, data_plane=data_plane)
         self.usage.record(record.key_id, now)

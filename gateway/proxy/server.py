@@ -28,7 +28,9 @@ from .admin import admin_app
 from .forward import Forwarder, SessionForwarder
 from .keycache import KeyCache
 from .lean import LeanForwarder
+from .limits import Limits
 from .pipeline import DataPlane
+from .shared import SharedTier
 from .usage import UsageRecorder
 
 __all__ = ["Gateway", "parse_listen", "serve"]
@@ -78,16 +80,19 @@ class Gateway:
         self.config = config
         self.store = store
         keyring = load_keyring(config.kek.keyring)
+        self.shared = SharedTier(config.redis) if config.redis is not None else None
+        if self.shared is not None:  # every committed change, announced to every instance
+            store.change_listener = self.shared.publish_changes
         c = config.cache
         self.cache = KeyCache(store, keyring, ttl=c.ttl, negative_ttl=c.negative_ttl,
                               max_entries=c.max_entries, serve_stale=c.serve_stale,
-                              inactivity=config.policy.inactivity)
+                              inactivity=config.policy.inactivity, shared=self.shared)
         self.usage = UsageRecorder(store)
         self.forwarder: Forwarder = (LeanForwarder() if config.server.forwarder == "lean"
                                      else SessionForwarder())
         self.access_log = AccessLog(enabled=config.log.access_log)
         self.data_plane = DataPlane(config, self.cache, self.forwarder, self.usage,
-                                    self.access_log)
+                                    self.access_log, Limits(self.shared))
         self.draining = False
         self._tasks: list[asyncio.Task[None]] = []
         self._servers: list[asyncio.AbstractServer] = []
@@ -125,6 +130,12 @@ class Gateway:
             asyncio.create_task(self.usage.run(self.config.usage.flush)),
             asyncio.create_task(self.access_log.run()),
         ]
+        if self.shared is not None:
+            self._tasks += [
+                asyncio.create_task(self.shared.run_subscriber(self.cache.drop,
+                                                               self.cache.clear)),
+                asyncio.create_task(self.shared.run_probe(self.cache.clear)),
+            ]
 
     async def stop(self) -> None:
         """Stop accepting, let in-flight requests finish up to shutdown_grace, flush."""
@@ -137,6 +148,8 @@ class Gateway:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.forwarder.close()
+        if self.shared is not None:
+            await self.shared.close()
         if self._admin is not None:
             await self._admin.cleanup()
         await self.store.close()

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -28,7 +29,10 @@ from gateway.keys.record import (
     WrappedSecret,
 )
 
+log = logging.getLogger("gateway.store")
+
 __all__ = [
+    "ChangeListener",
     "KeyFilter",
     "Page",
     "Rewrap",
@@ -110,10 +114,23 @@ class Transaction(ABC):
         """Append ``(key_id, kind, at)`` rows to ``key_changes``."""
 
 
+ChangeListener = Callable[[list[str]], Awaitable[None]]
+
+
 class Store(ABC):
     """Source of truth for keys, audit and the change log."""
 
     applied_migrations: tuple[int, ...] = ()  # what opening the store applied (for `store migrate`)
+    # told the key IDs of every committed transaction that logged changes (the Redis
+    # tier publishes them); the key_changes poll remains the guarantee if it fails
+    change_listener: ChangeListener | None = None
+
+    async def _changes_committed(self, key_ids: list[str]) -> None:
+        if key_ids and self.change_listener is not None:
+            try:
+                await self.change_listener(key_ids)
+            except Exception as exc:  # the change is committed: never fail it now
+                log.warning("change notification failed: %s", exc)
 
     @abstractmethod
     async def migrate(self) -> list[int]:

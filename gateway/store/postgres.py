@@ -80,6 +80,7 @@ class _PostgresTx(Transaction):
     def __init__(self, conn: asyncpg.Connection) -> None:
         self._c = conn
         self._changes_locked = False
+        self.changed: list[str] = []  # key IDs logged in key_changes
 
     async def lock_principals(self, principals: Sequence[str]) -> None:
         # sorted, so two transactions never wait on each other in opposite orders
@@ -112,6 +113,7 @@ class _PostgresTx(Transaction):
               e.outcome, _json(e.details)) for e in entries])
 
     async def add_changes(self, changes: Sequence[tuple[str, str, datetime]]) -> None:
+        self.changed.extend(k for k, _, _ in changes)
         if not self._changes_locked:
             await self._c.execute("SELECT pg_advisory_xact_lock($1)", CHANGES_LOCK)
             self._changes_locked = True
@@ -183,8 +185,11 @@ class PostgresStore(Store):
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:
-        async with self._conn() as c, c.transaction():
-            yield _PostgresTx(c)
+        async with self._conn() as c:
+            async with c.transaction():
+                tx = _PostgresTx(c)
+                yield tx
+        await self._changes_committed(tx.changed)
 
     async def get_key(self, key_id: str) -> KeyRecord | None:
         async with self._conn() as c:

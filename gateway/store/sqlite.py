@@ -88,6 +88,7 @@ def _in_transaction(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection],
 class _SQLiteTx(Transaction):
     def __init__(self, store: SQLiteStore) -> None:
         self._s = store
+        self.changed: list[str] = []  # key IDs logged in key_changes
 
     async def lock_principals(self, principals: Sequence[str]) -> None:
         return None  # BEGIN IMMEDIATE already holds the database's one write lock
@@ -125,6 +126,7 @@ class _SQLiteTx(Transaction):
         await self._s._run(lambda c: c.executemany(sql, rows))
 
     async def add_changes(self, changes: Sequence[tuple[str, str, datetime]]) -> None:
+        self.changed.extend(k for k, _, _ in changes)
         rows = [(k, kind, _t(at)) for k, kind, at in changes]
         await self._s._run(lambda c: c.executemany(
             "INSERT INTO key_changes (key_id, kind, at) VALUES (?, ?, ?)", rows))
@@ -209,13 +211,15 @@ class SQLiteStore(Store):
     async def transaction(self) -> AsyncIterator[Transaction]:
         async with self._lock:
             await self._run(lambda c: c.execute("BEGIN IMMEDIATE"))
+            tx = _SQLiteTx(self)
             try:
-                yield _SQLiteTx(self)
+                yield tx
                 await self._run(lambda c: c.execute("COMMIT"))
             except BaseException:
                 await asyncio.shield(self._run(lambda c: c.in_transaction
                                                and c.execute("ROLLBACK")))
                 raise
+        await self._changes_committed(tx.changed)
 
     async def _get(self, key_id: str) -> KeyRecord | None:
         row = await self._run(lambda c: c.execute(f"{SELECT_KEYS} WHERE key_id = ?",

@@ -1,0 +1,238 @@
+"""The Redis tier: several gateway processes sharing PostgreSQL and Redis agree on
+revocations (by pub/sub, in milliseconds), replays and rate limits; a Redis outage
+degrades them without a failed request; Redis never holds a plaintext secret."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import aiohttp
+import pytest
+import redis
+
+from gateway.kek import Keyring
+from gateway.keys.lifecycle import Actor, KeyManager, NewKey
+from gateway.keys.record import RateLimit
+from gateway.proxy.keycache import KeyCache
+from gateway.store.sqlite import SQLiteStore
+
+from .conftest import free_port
+from .gateway_fixtures import (
+    GatewayProcess,
+    Upstream,
+    start_gateway,
+    start_upstream,
+    stop,
+)
+from .test_proxy_e2e import ours, send
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory, postgres_url: str, redis_url: str
+          ) -> Iterator[list[GatewayProcess]]:
+    """Three instances on one PostgreSQL and one Redis (a prefix of their own). The
+    change-log poll is slowed to 30 s so only pub/sub can explain a fast revocation."""
+    tmp = tmp_path_factory.mktemp("fleet")
+    prefix = f"gwtest:{secrets.token_hex(6)}:"
+    up = start_upstream(tmp)
+    redis_section = f'[redis]\nurl = "{redis_url}"\nprefix = "{prefix}"\n'
+    gws = [start_gateway(tmp, up, store_url=postgres_url, extra=redis_section,
+                         name=f"gw{i}", change_poll="30s") for i in range(3)]
+    yield gws
+    for gw in gws:
+        stop(gw.proc)
+    stop(up.proc)
+    client = redis.Redis.from_url(redis_url)
+    keys = list(client.scan_iter(match=prefix + "*"))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+def prefix_of(gw: GatewayProcess) -> str:
+    return next(line.split('"')[1] for line in gw.config_path.read_text().splitlines()
+                if line.startswith("prefix = "))
+
+
+async def status_of(gw: GatewayProcess, key, target: str) -> tuple[int, str]:  # type: ignore[no-untyped-def]
+    status, answer, _ = await send(gw, "GET", target, ours(gw, key, "GET", target))
+    if status != 200:
+        print("refused:", status, answer)
+    return status, answer.get("error", "")
+
+
+async def test_revocation_reaches_every_instance_by_pubsub(fleet: list[GatewayProcess]) -> None:
+    key = await fleet[0].create_key()
+    for gw in fleet:  # every instance has it cached
+        assert (await status_of(gw, key, "/api/r/warm"))[0] == 200
+    started = time.monotonic()
+    done = fleet[1].cli("keys", "revoke", key.record.key_id, "--reason", "drill")
+    assert done.returncode == 0, done.stderr
+    refused_after = {}
+    while len(refused_after) < 3 and time.monotonic() - started < 10:
+        for i, gw in enumerate(fleet):
+            if i not in refused_after and await status_of(gw, key, "/api/r/x") == (
+                    401, "key_revoked"):
+                refused_after[i] = time.monotonic() - started
+    print(f"revoked → refused everywhere within {max(refused_after.values()):.3f} s "
+          f"(CLI start-up included; poll interval 30 s)")
+    assert len(refused_after) == 3 and max(refused_after.values()) < 5
+
+
+async def test_a_replay_to_another_instance_is_refused(fleet: list[GatewayProcess]) -> None:
+    key = await fleet[0].create_key()
+    headers = ours(fleet[0], key, "GET", "/api/r/replay")
+    status, _, _ = await send(fleet[0], "GET", "/api/r/replay", headers)
+    assert status == 200
+    for gw in fleet[1:]:  # same bytes, other instance (same Host as signed)
+        status, answer, _ = await send(gw, "GET", "/api/r/replay", headers)
+        assert (status, answer["error"]) == (401, "replayed")
+
+
+async def test_rate_limit_is_shared(fleet: list[GatewayProcess]) -> None:
+    key = await fleet[0].create_key(rate_limit=RateLimit(rps=0.2, burst=2))
+    results = [await status_of(fleet[i % 3], key, f"/api/r/rate-{i}") for i in range(4)]
+    assert [s for s, _ in results[:2]] == [200, 200]
+    assert results[2] == (429, "rate_limited") and results[3] == (429, "rate_limited")
+    status, _, headers = await send(fleet[1], "GET", "/api/r/rate-h",
+                                    ours(fleet[1], key, "GET", "/api/r/rate-h"))
+    assert status == 429 and int(headers["Retry-After"]) >= 1
+
+
+async def test_redis_holds_no_plaintext_secret(fleet: list[GatewayProcess], redis_url: str
+                                               ) -> None:
+    key = await fleet[0].create_key()
+    for gw in fleet:
+        await status_of(gw, key, "/api/r/scan")
+    secret = key.secret.reveal()
+    client = redis.Redis.from_url(redis_url)
+    try:
+        names = list(client.scan_iter(match=prefix_of(fleet[0]) + "*"))
+        dump = b"".join(n + (client.dump(n) or b"") for n in names)
+    finally:
+        client.close()
+    assert any(key.record.key_id.encode() in n for n in names)  # the record is cached there
+    pieces = {secret[i:i + 8] for i in range(len(secret) - 7)}
+    assert not [p for p in pieces if p.encode() in dump]
+
+
+# -- single flight -------------------------------------------------------------------------
+
+class CountingStore(SQLiteStore):
+    reads = 0
+
+    async def get_key(self, key_id: str):  # type: ignore[no-untyped-def]
+        CountingStore.reads += 1
+        return await super().get_key(key_id)
+
+
+async def test_one_store_read_for_1000_concurrent_first_requests(tmp_path: Path) -> None:
+    store = await CountingStore.open(str(tmp_path / "keys.db"))
+    keyring = Keyring.generate(datetime.now(UTC))
+    try:
+        from gateway.config import load_config
+
+        issued = await KeyManager(store, keyring, load_config(None, env={}).policy).create(
+            NewKey(principal="p"), actor=Actor("cli:test"), now=datetime.now(UTC))
+        cache = KeyCache(store, keyring, ttl=60, negative_ttl=10, max_entries=100,
+                         serve_stale=900, inactivity=0)
+        CountingStore.reads = 0
+        entries = await asyncio.gather(*(cache.get(issued.record.key_id) for _ in range(1000)))
+        assert CountingStore.reads == 1
+        assert all(e is not None and e.secret == issued.secret.hmac_key() for e in entries)
+        await asyncio.gather(*(cache.get("gwk_unknownunknownunknown00000") for _ in range(1000)))
+        assert CountingStore.reads == 2  # and one for an unknown key, then cached negatively
+    finally:
+        await store.close()
+
+
+# -- a Redis outage --------------------------------------------------------------------------
+
+class PrivateRedis:
+    def __init__(self, tmp: Path) -> None:
+        self.port = free_port()
+        self.tmp = tmp
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.fail("redis-server is not installed: apt-get install -y redis-server")
+        self.proc = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.tmp)], stdout=subprocess.DEVNULL)
+        client = redis.Redis(port=self.port)
+        for _ in range(100):
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        client.close()
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+
+
+async def readiness(gw: GatewayProcess) -> str:
+    async with aiohttp.ClientSession() as s:
+        async with s.get(gw.admin_url + "/readyz") as r:
+            assert r.status == 200  # never 503 for Redis alone
+            return str((await r.json())["status"])
+
+
+async def test_redis_outage_degrades_without_failures(tmp_path: Path) -> None:
+    private = PrivateRedis(tmp_path)
+    private.start()
+    up: Upstream = start_upstream(tmp_path)
+    gw = start_gateway(tmp_path, up, extra=f'[redis]\nurl = "redis://127.0.0.1:{private.port}/0"\n')
+    try:
+        keys = [await gw.create_key() for _ in range(3)]
+        for key in keys:
+            assert (await status_of(gw, key, "/api/o/warm"))[0] == 200
+        assert await readiness(gw) == "ok"
+        ok = failed = 0
+        private.kill()
+        outage_start = time.monotonic()
+        replay_refused = False
+        states = set()
+        while time.monotonic() - outage_start < 2.5:  # Redis down for at least 2 s
+            for key in keys:
+                status, _ = await status_of(gw, key, f"/api/o/{ok}")
+                ok, failed = (ok + 1, failed) if status == 200 else (ok, failed + 1)
+            states.add(await readiness(gw))
+            if not replay_refused:
+                headers = ours(gw, keys[0], "GET", "/api/o/replay")
+                await send(gw, "GET", "/api/o/replay", headers)
+                status, answer, _ = await send(gw, "GET", "/api/o/replay", headers)
+                replay_refused = (status, answer.get("error")) == (401, "replayed")
+        private.start()  # same port
+        recovered = False
+        for _ in range(100):
+            for key in keys:
+                status, _ = await status_of(gw, key, f"/api/o/after-{ok}")
+                ok, failed = (ok + 1, failed) if status == 200 else (ok, failed + 1)
+            if await readiness(gw) == "ok":
+                recovered = True
+                break
+            await asyncio.sleep(0.1)
+        print(f"Redis outage: {ok} requests ok, {failed} failed; readiness went {states}")
+        assert failed == 0 and ok > 30
+        assert "degraded" in states and recovered
+        assert replay_refused  # replay protection continued, per instance
+    finally:
+        stop(gw.proc)
+        stop(up.proc)
+        if private.proc and private.proc.poll() is None:
+            private.kill()
+
+
