@@ -9,13 +9,16 @@ import secrets
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
 from datetime import UTC, datetime
 from pathlib import Path
 
 import aiohttp
 import pytest
 import redis
+import redis.cluster
 
 from gateway.kek import Keyring
 from gateway.keys.lifecycle import Actor, KeyManager, NewKey
@@ -34,26 +37,108 @@ from .gateway_fixtures import (
 from .test_proxy_e2e import ours, send
 
 
-@pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory, postgres_url: str, redis_url: str
-          ) -> Iterator[list[GatewayProcess]]:
-    """Three instances on one PostgreSQL and one Redis (a prefix of their own). The
+@dataclass
+class Fleet:
+    gws: list[GatewayProcess]
+    redis_url: str  # what the gateways were given
+    client: Callable[[], Any]  # a synchronous client of the same Redis (or cluster)
+
+    def __getitem__(self, i: int) -> GatewayProcess:
+        return self.gws[i]
+
+    def __iter__(self) -> Iterator[GatewayProcess]:
+        return iter(self.gws)
+
+
+def start_cluster(tmp: Path) -> tuple[list[int], list[subprocess.Popen[bytes]]]:
+    """Three masters on loopback (each needs its bus port, port + 10000, free too)."""
+    binary, cli = shutil.which("redis-server"), shutil.which("redis-cli")
+    if binary is None or cli is None:
+        pytest.fail("redis-server/redis-cli are not installed: apt-get install -y redis-server")
+    ports: list[int] = []
+    while len(ports) < 3:
+        port = free_port()
+        if port < 55000 and port not in ports and bus_port_free(port + 10000):
+            ports.append(port)
+    procs = [subprocess.Popen([binary, "--port", str(p), "--bind", "127.0.0.1",
+                               "--cluster-enabled", "yes", "--cluster-config-file",
+                               str(tmp / f"nodes-{p}.conf"), "--save", "", "--appendonly",
+                               "no", "--dir", str(tmp)], stdout=subprocess.DEVNULL)
+             for p in ports]
+    for p in ports:
+        wait_ping(p)
+    subprocess.run([cli, "--cluster", "create", *[f"127.0.0.1:{p}" for p in ports],
+                    "--cluster-replicas", "0", "--cluster-yes"], check=True,
+                   capture_output=True, timeout=30)
+    for _ in range(200):
+        info = subprocess.run([cli, "-p", str(ports[0]), "cluster", "info"],
+                              capture_output=True, text=True).stdout
+        if "cluster_state:ok" in info:
+            break
+        time.sleep(0.05)
+    return ports, procs
+
+
+def bus_port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def wait_ping(port: int) -> None:
+    client = redis.Redis(port=port)
+    try:
+        for _ in range(100):
+            try:
+                client.ping()
+                return
+            except redis.ConnectionError:
+                time.sleep(0.05)
+    finally:
+        client.close()
+
+
+@pytest.fixture(scope="module", params=["redis", "cluster"])
+def fleet(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+          postgres_url: str, redis_url: str) -> Iterator[Fleet]:
+    """Three instances on one PostgreSQL and one Redis — the shared server (with a
+    prefix of their own) or a three-master Redis Cluster of this test's own. The
     change-log poll is slowed to 30 s so only pub/sub can explain a fast revocation."""
-    tmp = tmp_path_factory.mktemp("fleet")
+    tmp = tmp_path_factory.mktemp(f"fleet-{request.param}")
     prefix = f"gwtest:{secrets.token_hex(6)}:"
+    nodes: list[subprocess.Popen[bytes]] = []
+    if request.param == "cluster":
+        ports, nodes = start_cluster(tmp)
+        url = "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in ports)
+
+        def client() -> Any:
+            return redis.cluster.RedisCluster(host="127.0.0.1", port=ports[0])
+    else:
+        url = redis_url
+
+        def client() -> Any:
+            return redis.Redis.from_url(redis_url)
     up = start_upstream(tmp)
-    redis_section = f'[redis]\nurl = "{redis_url}"\nprefix = "{prefix}"\n'
+    redis_section = f'[redis]\nurl = "{url}"\nprefix = "{prefix}"\n'
     gws = [start_gateway(tmp, up, store_url=postgres_url, extra=redis_section,
                          name=f"gw{i}", change_poll="30s") for i in range(3)]
-    yield gws
+    yield Fleet(gws, url, client)
     for gw in gws:
         stop(gw.proc)
     stop(up.proc)
-    client = redis.Redis.from_url(redis_url)
-    keys = list(client.scan_iter(match=prefix + "*"))
-    if keys:
-        client.delete(*keys)
-    client.close()
+    c = client()
+    keys = list(c.scan_iter(match=prefix + "*"))
+    for k in keys:
+        c.delete(k)
+    c.close()
+    for node in nodes:
+        node.kill()
+        node.wait()
 
 
 def prefix_of(gw: GatewayProcess) -> str:
@@ -68,7 +153,7 @@ async def status_of(gw: GatewayProcess, key, target: str) -> tuple[int, str]:  #
     return status, answer.get("error", "")
 
 
-async def test_revocation_reaches_every_instance_by_pubsub(fleet: list[GatewayProcess]) -> None:
+async def test_revocation_reaches_every_instance_by_pubsub(fleet: Fleet) -> None:
     key = await fleet[0].create_key()
     for gw in fleet:  # every instance has it cached
         assert (await status_of(gw, key, "/api/r/warm"))[0] == 200
@@ -86,17 +171,17 @@ async def test_revocation_reaches_every_instance_by_pubsub(fleet: list[GatewayPr
     assert len(refused_after) == 3 and max(refused_after.values()) < 5
 
 
-async def test_a_replay_to_another_instance_is_refused(fleet: list[GatewayProcess]) -> None:
+async def test_a_replay_to_another_instance_is_refused(fleet: Fleet) -> None:
     key = await fleet[0].create_key()
     headers = ours(fleet[0], key, "GET", "/api/r/replay")
     status, _, _ = await send(fleet[0], "GET", "/api/r/replay", headers)
     assert status == 200
-    for gw in fleet[1:]:  # same bytes, other instance (same Host as signed)
+    for gw in fleet.gws[1:]:  # same bytes, other instance (same Host as signed)
         status, answer, _ = await send(gw, "GET", "/api/r/replay", headers)
         assert (status, answer["error"]) == (401, "replayed")
 
 
-async def test_rate_limit_is_shared(fleet: list[GatewayProcess]) -> None:
+async def test_rate_limit_is_shared(fleet: Fleet) -> None:
     key = await fleet[0].create_key(rate_limit=RateLimit(rps=0.2, burst=2))
     results = [await status_of(fleet[i % 3], key, f"/api/r/rate-{i}") for i in range(4)]
     assert [s for s, _ in results[:2]] == [200, 200]
@@ -106,13 +191,12 @@ async def test_rate_limit_is_shared(fleet: list[GatewayProcess]) -> None:
     assert status == 429 and int(headers["Retry-After"]) >= 1
 
 
-async def test_redis_holds_no_plaintext_secret(fleet: list[GatewayProcess], redis_url: str
-                                               ) -> None:
+async def test_redis_holds_no_plaintext_secret(fleet: Fleet) -> None:
     key = await fleet[0].create_key()
     for gw in fleet:
         await status_of(gw, key, "/api/r/scan")
     secret = key.secret.reveal()
-    client = redis.Redis.from_url(redis_url)
+    client = fleet.client()
     try:
         names = list(client.scan_iter(match=prefix_of(fleet[0]) + "*"))
         dump = b"".join(n + (client.dump(n) or b"") for n in names)
@@ -168,14 +252,7 @@ class PrivateRedis:
         self.proc = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "no", "--dir", str(self.tmp)], stdout=subprocess.DEVNULL)
-        client = redis.Redis(port=self.port)
-        for _ in range(100):
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        client.close()
+        wait_ping(self.port)
 
     def kill(self) -> None:
         assert self.proc is not None

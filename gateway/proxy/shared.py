@@ -90,7 +90,7 @@ class _Batch:
 
     async def _flush(self) -> None:
         batch, self._pending = self._pending, []
-        pipe = self._tier.client.pipeline(transaction=False)
+        pipe = self._tier.pipeline()
         for command, _ in batch:
             pipe.execute_command(*command)
         try:
@@ -112,14 +112,29 @@ class _Batch:
                 future.set_result(result)
 
 
+def _client(url: str, timeout: float) -> Any:
+    """``redis://…`` or ``redis+cluster://host:port,host:port`` (Redis Cluster: every key
+    and script here touches one key, so no hash tags are needed)."""
+    if url.startswith("redis+cluster://"):
+        from redis.asyncio.cluster import ClusterNode, RedisCluster
+
+        nodes = []
+        for part in url[len("redis+cluster://"):].strip("/").split(","):
+            host, _, port = part.rpartition(":")
+            nodes.append(ClusterNode(host.strip("[]"), int(port)))
+        return RedisCluster(startup_nodes=nodes, socket_timeout=timeout,
+                            socket_connect_timeout=timeout)
+    return aioredis.Redis.from_url(url, socket_timeout=timeout,
+                                   socket_connect_timeout=timeout, retry_on_timeout=False)
+
+
 class SharedTier:
     def __init__(self, config: RedisConfig, *, timeout: float = 0.5) -> None:
         self.prefix = config.prefix
         self.channel = f"{config.prefix}changes"
         self.timeout = timeout
-        self.client = aioredis.Redis.from_url(
-            config.url, socket_timeout=timeout, socket_connect_timeout=timeout,
-            retry_on_timeout=False)
+        self.client = _client(config.url, timeout)
+        self.cluster = config.url.startswith("redis+cluster://")
         self.healthy = True
         self.subscribed = False
         self.errors = 0
@@ -139,6 +154,11 @@ class SharedTier:
         if not self.healthy:
             log.warning("Redis is back")
         self.healthy = True
+
+    def pipeline(self) -> Any:
+        if self.cluster:
+            return self.client.pipeline()
+        return self.client.pipeline(transaction=False)
 
     def _key(self, key_id: str) -> str:
         return f"{self.prefix}key:{key_id}"
@@ -169,8 +189,11 @@ class SharedTier:
         await self.client.publish(self.channel, ",".join(key_ids))
 
     async def forget(self, key_ids: Sequence[str]) -> None:
-        if key_ids:
-            await self.client.delete(*(self._key(k) for k in key_ids))
+        if key_ids:  # one DEL per key: in a cluster they live in different slots
+            pipe = self.pipeline()
+            for key_id in key_ids:
+                pipe.delete(self._key(key_id))
+            await pipe.execute()
 
     # -- replay and rate limits: batched per tick -----------------------------------------
     async def first_use(self, token: bytes, ttl: float) -> bool:
