@@ -49,6 +49,11 @@ async def readyz(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAY_KEY]
     if gateway.draining:
         return web.json_response({"status": "draining"}, status=503)
+    if not gateway.cache.store_ok:
+        if len(gateway.cache) == 0:  # nothing to serve from: take this instance out
+            return web.json_response({"status": "unavailable", "store": "unreachable"},
+                                     status=503)
+        return web.json_response({"status": "degraded", "store": "unreachable"})
     if gateway.shared is not None and not gateway.shared.healthy:
         # never 503 for Redis alone: a Redis outage must not drain the whole fleet
         return web.json_response({"status": "degraded", "redis": "unreachable"})

@@ -98,6 +98,7 @@ class KeyCache:
         self._entries: dict[str, tuple[KeyEntry | None, float]] = {}
         self._inflight: dict[str, asyncio.Future[KeyEntry | None]] = {}
         self._seen_seq: int | None = None  # None until the first poll
+        self.store_ok = True  # did the last change poll reach the store?
         self.stats = CacheStats()
 
     def __len__(self) -> int:
@@ -209,5 +210,9 @@ class KeyCache:
             try:
                 await self.poll_changes()
             except (StoreError, OSError) as exc:
-                log.warning("change poll failed: %s", exc)
+                if self.store_ok:
+                    log.warning("change poll failed: %s", exc)
+                self.store_ok = False
+            else:
+                self.store_ok = True
             await asyncio.sleep(interval)

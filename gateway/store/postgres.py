@@ -41,6 +41,8 @@ __all__ = ["PostgresStore"]
 
 JSON_COLUMNS = frozenset({"scopes", "rate_limit", "source_cidrs"})
 SELECT_KEYS = f"SELECT {', '.join(KEY_COLUMNS)} FROM keys"
+# a stalled server must not hang requests: waits for a connection or a reply are bounded
+COMMAND_TIMEOUT = 5.0
 CHANGES_LOCK = 0x67776B63  # "gwkc": orders key_changes.seq by commit
 MIGRATION_LOCK = 0x67776B6D  # "gwkm": one migrator at a time
 INSERT_KEY = (f"INSERT INTO keys ({', '.join(KEY_COLUMNS)}) VALUES "
@@ -137,7 +139,8 @@ class PostgresStore(Store):
     async def open(cls, dsn: str, *, max_size: int = 10) -> PostgresStore:
         where = _where(dsn)
         try:
-            pool = await asyncpg.create_pool(dsn, min_size=1, max_size=max_size, timeout=10)
+            pool = await asyncpg.create_pool(dsn, min_size=1, max_size=max_size, timeout=10,
+                                             command_timeout=COMMAND_TIMEOUT)
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise StoreError(f"cannot connect to PostgreSQL at {where}: "
                              f"{type(exc).__name__}: {exc}") from exc
@@ -154,9 +157,9 @@ class PostgresStore(Store):
     @asynccontextmanager
     async def _conn(self) -> AsyncIterator[asyncpg.Connection]:
         try:
-            async with self._pool.acquire() as conn:
+            async with self._pool.acquire(timeout=COMMAND_TIMEOUT) as conn:
                 yield conn
-        except (ConnectionError, TimeoutError, asyncpg.PostgresError,
+        except (OSError, TimeoutError, asyncpg.PostgresError,
                 asyncpg.InterfaceError) as exc:
             raise StoreError(f"PostgreSQL at {self._where}: {type(exc).__name__}: {exc}") from exc
 
