@@ -30,7 +30,10 @@ class FaultProxy:
         ready.set()
         self._loop.run_forever()
         server.close()
-        self._loop.run_until_complete(server.wait_closed())
+        for task in asyncio.all_tasks(self._loop):
+            task.cancel()
+        self._loop.run_until_complete(asyncio.sleep(0))
+        self._loop.close()
 
     async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter
                       ) -> None:
