@@ -157,6 +157,8 @@ def write_config(tmp: Path, upstream: Upstream, *, server: str = "", extra: str 
     config.write_text(f"""
 [server]
 listen = "127.0.0.1:{port}"
+header_timeout = "1s"
+body_timeout = "2s"
 {server}
 [admin]
 listen = "127.0.0.1:{admin_port}"

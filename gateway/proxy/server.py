@@ -38,9 +38,35 @@ __all__ = ["Gateway", "parse_listen", "serve"]
 log = logging.getLogger("gateway")
 
 
+_HEAD_OVERDUE = orjson.dumps({"error": "malformed_request",
+                              "message": "the request head did not arrive in time"})
+
+
 class _JsonErrorHandler(RequestHandler):
     """aiohttp answers framing and header errors itself, in plain text; we answer them
-    in the catalogue's JSON, and never with a traceback."""
+    in the catalogue's JSON, and never with a traceback. A connection must also deliver
+    its first request head within ``[server] header_timeout`` (slow-header clients hold
+    connections open at almost no cost to themselves); later heads fall under the
+    keep-alive timeout."""
+
+    head_timeout = 10.0
+    _head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._head_timer = self._loop.call_later(self.head_timeout, self._head_overdue)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+        super().connection_lost(exc)
+
+    def _head_overdue(self) -> None:
+        if self._request_count == 0 and self.transport is not None:
+            self.transport.write(b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json"
+                                 b"\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
+                                 % (len(_HEAD_OVERDUE), _HEAD_OVERDUE))
+            self.transport.close()
 
     def handle_error(self, request: Any, status: int = 500, exc: BaseException | None = None,
                      message: str | None = None) -> web.StreamResponse:
@@ -63,8 +89,12 @@ class _JsonErrorHandler(RequestHandler):
 
 
 class _Server(web.Server):
+    head_timeout = 10.0
+
     def __call__(self) -> RequestHandler:
-        return _JsonErrorHandler(self, loop=self._loop, **self._kwargs)
+        handler = _JsonErrorHandler(self, loop=self._loop, **self._kwargs)
+        handler.head_timeout = self.head_timeout
+        return handler
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -106,6 +136,7 @@ class Gateway:
             self.data_plane.handle, max_line_size=s.max_request_line,
             max_field_size=s.max_headers, max_headers=256, auto_decompress=False,
             keepalive_timeout=s.keepalive_timeout, access_log=None)
+        self._low_level.head_timeout = s.header_timeout
         loop = asyncio.get_running_loop()
         ssl_context = None
         if s.tls_cert:
