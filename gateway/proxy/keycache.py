@@ -104,6 +104,9 @@ class KeyCache:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def __contains__(self, key_id: str) -> bool:
+        return key_id in self._entries
+
     async def get(self, key_id: str) -> KeyEntry | None:
         """The key's entry, or ``None`` when the store has no such key."""
         cached = self._entries.get(key_id)

@@ -34,6 +34,10 @@ LOW_WATER = 64 * 1024
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 
 
+class _Expired(Exception):
+    """The route's upstream timeout ran out during the exchange."""
+
+
 class _Closed(Exception):
     """The upstream connection ended; ``started`` tells whether any response byte came."""
 
@@ -50,6 +54,7 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.idle_since = 0.0
+        self._timer: asyncio.TimerHandle | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -136,9 +141,15 @@ class _Connection(asyncio.Protocol):
             if future is not None and not future.done():
                 future.set_exception(exc)
 
-    async def send(self, data: bytes) -> None:
-        """Write one request and wait for the response head."""
+    def expire(self) -> None:
+        self._fail(_Expired())
+        self.close()
+
+    async def send(self, data: bytes, loop: asyncio.AbstractEventLoop, deadline: float) -> None:
+        """Write one request and wait for the response head; the exchange, body included,
+        must end by ``deadline`` (one timer: cheaper than an ``asyncio.timeout`` scope)."""
         self._reset()
+        self._timer = loop.call_at(deadline, self.expire)
         self._parser = httptools.HttpResponseParser(self)
         self._head = asyncio.get_running_loop().create_future()
         if self.transport is None or self.closed:
@@ -177,6 +188,9 @@ class _Connection(asyncio.Protocol):
 
     def finish(self) -> None:
         """The exchange is over: pool the connection if it may carry another."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self.reusable:
             self._parser = None
             self.pool.put_back(self)
@@ -185,6 +199,9 @@ class _Connection(asyncio.Protocol):
 
     def close(self) -> None:
         self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self.transport is not None:
             self.transport.close()
 
@@ -259,6 +276,7 @@ class LeanForwarder:
         self._max_idle = max_idle
         self._idle_timeout = idle_timeout
         self._limit = limit
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def close(self) -> None:
         for pool in self._pools.values():
@@ -277,17 +295,19 @@ class LeanForwarder:
         pool = self._pool(route)
         data = _request_head(upstream, pool.host_header) + upstream.body
         started: list[web.StreamResponse] = []
+        loop = self._loop or asyncio.get_running_loop()  # held: a getpid per call on 3.11
+        self._loop = loop
+        deadline = loop.time() + route.timeout
         async with pool.slots:
             try:
-                async with asyncio.timeout(route.timeout):
-                    conn = await self._exchange(pool, route, upstream.method, data)
-                    try:
-                        return await self._answer(client, conn, extra_headers, started,
-                                                  head=upstream.method == "HEAD")
-                    except BaseException:
-                        conn.close()
-                        raise
-            except TimeoutError:
+                conn = await self._exchange(pool, route, upstream.method, data, loop, deadline)
+                try:
+                    return await self._answer(client, conn, extra_headers, started,
+                                              head=upstream.method == "HEAD")
+                except BaseException:
+                    conn.close()
+                    raise
+            except _Expired:
                 if started:  # the answer has begun: all we can do is cut the connection
                     if client.transport is not None:
                         client.transport.close()
@@ -295,12 +315,12 @@ class LeanForwarder:
                 raise GatewayError("upstream_timeout",
                                    "the upstream did not answer in time") from None
 
-    async def _exchange(self, pool: _Pool, route: Route, method: str,
-                        data: bytes) -> _Connection:
+    async def _exchange(self, pool: _Pool, route: Route, method: str, data: bytes,
+                        loop: asyncio.AbstractEventLoop, deadline: float) -> _Connection:
         for attempt in (1, 2):
             conn, reused = await pool.connection(route.connect_timeout)
             try:
-                await conn.send(data)
+                await conn.send(data, loop, deadline)
                 return conn
             except _Closed as exc:
                 conn.close()
@@ -341,7 +361,7 @@ class LeanForwarder:
         try:
             while (chunk := await conn.next_chunk()) is not None:
                 await response.write(chunk)  # waits while the client is slow
-        except (_Closed, GatewayError):
+        except (_Closed, _Expired, GatewayError):
             # the answer has begun: all that is left is to cut the client's connection too
             conn.close()
             if client.transport is not None:

@@ -170,8 +170,9 @@ class DataPlane:
         signed = Request(request.method, request.raw_path, headers,
                          scheme=self._scheme or request.scheme, authority=self._authority)
         auth = parse(signed, policy, now)
-        # 5. a malformed key ID is refused without any lookup
-        well_formed = is_well_formed_key_id(auth.key_id)
+        # 5. a malformed key ID is refused without any lookup (only well-formed IDs are
+        # ever cached, so a cached one needs no checksum again)
+        well_formed = auth.key_id in self.cache or is_well_formed_key_id(auth.key_id)
         # 6. the body, under the limit (answers Expect: 100-continue first)
         body = await self._read_body(request, max_body)
         # 7. the key (cache, then store: 503 only if the store is down and it is not cached)
