@@ -1,6 +1,6 @@
 """The processes and listeners: the data plane on aiohttp's low-level server (its
-hardened llhttp parsing and limits, without the router), the admin listener for
-health, readiness and metrics, background tasks, graceful shutdown, and workers.
+hardened llhttp parsing and limits, without the router), the admin listener
+(:mod:`gateway.admin`), background tasks, graceful shutdown, and workers.
 
 Even aiohttp's own parse errors are answered with the catalogue's JSON (DESIGN §3.4).
 """
@@ -20,11 +20,11 @@ from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
+from ..admin import admin_app
 from ..config import Config
 from ..kek import load_keyring
 from ..store import Store, open_store
 from .accesslog import AccessLog
-from .admin import admin_app
 from .forward import SessionForwarder
 from .keycache import KeyCache
 from .pipeline import DataPlane
@@ -76,9 +76,9 @@ class Gateway:
     def __init__(self, config: Config, store: Store) -> None:
         self.config = config
         self.store = store
-        keyring = load_keyring(config.kek.keyring)
+        self.keyring = load_keyring(config.kek.keyring)
         c = config.cache
-        self.cache = KeyCache(store, keyring, ttl=c.ttl, negative_ttl=c.negative_ttl,
+        self.cache = KeyCache(store, self.keyring, ttl=c.ttl, negative_ttl=c.negative_ttl,
                               max_entries=c.max_entries, serve_stale=c.serve_stale)
         self.usage = UsageRecorder(store)
         self.forwarder = SessionForwarder()
