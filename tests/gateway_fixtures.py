@@ -147,7 +147,10 @@ class GatewayProcess:
         raise RuntimeError("no VmHWM")
 
 
-def write_config(tmp: Path, upstream: Upstream, extra: str = "") -> tuple[Path, int, int]:
+def write_config(tmp: Path, upstream: Upstream, extra: str = "", *, policy: str = "",
+                 store_url: str = "", keyring: Path | None = None) -> tuple[Path, int, int]:
+    """A config on free ports. ``policy`` adds lines to ``[policy]``; ``store_url`` and
+    ``keyring`` (an existing file) let several gateways share one store and KEK."""
     port, admin_port = free_port(), free_port()
     config = tmp / "gateway.toml"
     config.write_text(f"""
@@ -156,24 +159,27 @@ listen = "127.0.0.1:{port}"
 [admin]
 listen = "127.0.0.1:{admin_port}"
 [store]
-url = "sqlite://{tmp / 'keys.db'}"
+url = "{store_url or f"sqlite://{tmp / 'keys.db'}"}"
 [kek]
-keyring = "{tmp / 'keyring.json'}"
+keyring = "{keyring or tmp / 'keyring.json'}"
 [cache]
 change_poll = "100ms"
 [policy]
 min_lifetime = "1s"
 inactivity = "30d"
+{policy}
 [log]
 access_log = true
 {extra}
 """ + ROUTES.format(upstream=upstream.url, dead_port=free_port()))
-    create_keyring_file(tmp / "keyring.json", Keyring.generate(datetime.now(UTC)))
+    if keyring is None:
+        create_keyring_file(tmp / "keyring.json", Keyring.generate(datetime.now(UTC)))
     return config, port, admin_port
 
 
-def start_gateway(tmp: Path, upstream: Upstream, extra: str = "") -> GatewayProcess:
-    config, port, admin_port = write_config(tmp, upstream, extra)
+def start_gateway(tmp: Path, upstream: Upstream, extra: str = "", **kw: Any) -> GatewayProcess:
+    """``gateway serve`` in a process of its own; ``kw`` as for :func:`write_config`."""
+    config, port, admin_port = write_config(tmp, upstream, extra, **kw)
     log = tmp / "gateway.out"
     with log.open("wb") as sink:
         proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--config",
