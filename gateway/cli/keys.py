@@ -99,6 +99,9 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p = ks.add_parser("revoke", parents=[common], help="revoke a key now")
     p.add_argument("key_id", metavar="KEY_ID")
     p.add_argument("--reason", default="unspecified", help="e.g. leaked, rotated, offboarded")
+    p.add_argument("--wait-idle", type=duration, metavar="D",
+                   help="first wait until the key is unused for D (plus usage.flush): "
+                        "the end of a rotation made through the admin API")
     p.set_defaults(run=_revoke, needs_keyring=False)
 
 
@@ -106,8 +109,9 @@ def _manager(ctx: Context) -> KeyManager:
     return KeyManager(ctx.store, ctx.keyring, ctx.config.policy)
 
 
-def _show_record(ctx: Context, record: KeyRecord, headline: str) -> None:
-    doc = record.to_api(ctx.now, ctx.config.policy.inactivity)
+def _show_record(ctx: Context, record: KeyRecord, headline: str,
+                 now: datetime | None = None) -> None:
+    doc = record.to_api(now or ctx.now, ctx.config.policy.inactivity)
     if ctx.json:
         print_json(doc)
         return
@@ -216,7 +220,19 @@ async def _renew(ctx: Context) -> int:
 
 
 async def _revoke(ctx: Context) -> int:
-    record = await _manager(ctx).revoke(ctx.args.key_id, actor=ctx.actor, now=ctx.now,
-                                        reason=ctx.args.reason)
-    _show_record(ctx, record, f"Key {record.key_id} revoked.")
+    a = ctx.args
+    now = ctx.now
+    if a.wait_idle is None:
+        record = await _manager(ctx).revoke(a.key_id, actor=ctx.actor, now=now, reason=a.reason)
+    else:
+        check_key_id(a.key_id)
+        print(f"Waiting until {a.key_id} is unused for {format_duration(a.wait_idle)} "
+              f"(+ {format_duration(ctx.config.usage.flush)} usage flush)...", file=sys.stderr,
+              flush=True)
+        record = await revoke_when_idle(_manager(ctx), a.key_id, idle=a.wait_idle,
+                                        flush=ctx.config.usage.flush, actor=ctx.actor,
+                                        clock=lambda: datetime.now(UTC), sleep=asyncio.sleep,
+                                        since=ctx.now, reason=a.reason)
+        now = datetime.now(UTC)
+    _show_record(ctx, record, f"Key {record.key_id} revoked.", now)
     return 0
