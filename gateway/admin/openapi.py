@@ -17,7 +17,7 @@ __all__ = ["BODIES", "document"]
 
 Schema = dict[str, Any]
 
-DURATION: Schema = {"type": "string", "pattern": r"^[0-9]{1,6}(\.[0-9]{1,3})?(ms|s|m|h|d)$",
+DURATION: Schema = {"type": "string", "pattern": r"^[0-9]{1,5}(\.[0-9]{1,3})?(ms|s|m|h|d)$",
                     "description": "a duration: 90s, 5m, 12h, 30d", "examples": ["30d"]}
 TIME: Schema = {"type": "string", "format": "date-time", "description": "RFC 3339"}
 TEXT: Schema = {"type": "string", "maxLength": 200}
@@ -36,14 +36,25 @@ def _body(required: list[str], **properties: Schema) -> Schema:
             "properties": properties}
 
 
+def _one_expiry(schema: Schema) -> Schema:
+    """At most one of ``expires_in``, ``expires_at``, ``no_expiry``."""
+    pairs = (("expires_in", "expires_at"), ("expires_in", "no_expiry"),
+             ("expires_at", "no_expiry"))
+    return {**schema, "not": {"anyOf": [{"required": list(p)} for p in pairs]}}
+
+
+NO_EXPIRY: Schema = {"const": True, "description": "never expires (policy.allow_no_expiry)"}
+
+
 BODIES: dict[str, Schema] = {
-    "CreateKey": _body(["principal"], principal={**TEXT, "minLength": 1}, name=TEXT,
-                       scopes=SCOPES, expires_in=DURATION, expires_at=TIME,
-                       no_expiry={"type": "boolean"}, rate_limit=RATE_LIMIT,
-                       source_cidrs=CIDRS),
+    "CreateKey": _one_expiry(_body(
+        ["principal"], principal={**TEXT, "minLength": 1}, name=TEXT, scopes=SCOPES,
+        expires_in=DURATION, expires_at=TIME, no_expiry=NO_EXPIRY, rate_limit=RATE_LIMIT,
+        source_cidrs=CIDRS)),
     "UpdateKey": _body([], name=TEXT, scopes=SCOPES, rate_limit=RATE_LIMIT, source_cidrs=CIDRS),
     "RotateKey": _body([], grace=DURATION, expires_in=DURATION),
-    "RenewKey": _body([], expires_in=DURATION, expires_at=TIME, no_expiry={"type": "boolean"}),
+    "RenewKey": _one_expiry(_body([], expires_in=DURATION, expires_at=TIME,
+                                  no_expiry=NO_EXPIRY)),
     "RevokeKey": _body([], reason={**TEXT, "minLength": 1}),
 }
 
@@ -137,6 +148,8 @@ def _query(name: str, schema: Schema, description: str) -> dict[str, Any]:
 KEY_ID = {"name": "key_id", "in": "path", "required": True,
           "schema": {"type": "string", "pattern": "^gwk_[0-9A-Za-z]{28}$"},
           "description": "an access key ID (a malformed one is 400 invalid_request)"}
+KEY_CURSOR = {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,400}$",
+              "description": "opaque; a made-up one is 400 invalid_request"}
 LIMIT = {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}
 MFA = {"name": "Gateway-MFA-Code", "in": "header", "required": False,
        "schema": {"type": "string", "pattern": "^[0-9]{6}$"},
@@ -145,7 +158,7 @@ MFA = {"name": "Gateway-MFA-Code", "in": "header", "required": False,
 
 def _op(op_id: str, summary: str, scope: str, ok: str, schema: Schema, *,
         params: list[dict[str, Any]] | None = None, body: str | None = None,
-        codes: tuple[str, ...] = ("400", "401", "403", "503")) -> dict[str, Any]:
+        body_required: bool = False, codes: tuple[str, ...] = ("400", "401", "403", "503")) -> dict[str, Any]:
     op: dict[str, Any] = {
         "operationId": op_id, "summary": summary,
         "description": f"Requires scope `{scope}` (or `admin`)." if ":" in scope
@@ -156,7 +169,7 @@ def _op(op_id: str, summary: str, scope: str, ok: str, schema: Schema, *,
                       "default": _json(_ref("Error"), "any other refusal")},
     }
     if body is not None:
-        op["requestBody"] = {"required": False, "content": {"application/json": {
+        op["requestBody"] = {"required": body_required, "content": {"application/json": {
             "schema": _ref(body)}}}
     return op
 
@@ -171,6 +184,7 @@ def document() -> dict[str, Any]:
         "/v1/keys": {
             "post": _op("createKey", "Create a key; the secret is in this answer only", WRITE,
                         "201", _ref("IssuedKey"), params=[MFA], body="CreateKey",
+                        body_required=True,
                         codes=("400", "401", "403", "409", "413", "422", "503")),
             "get": _op("listKeys", "List keys, oldest first", READ, "200", _ref("KeyPage"),
                        params=[_query("principal", TEXT, "only this principal's keys"),
@@ -181,7 +195,7 @@ def document() -> dict[str, Any]:
                                _query("unused_since", TIME,
                                       "not used (or, never used, not created) since"),
                                _query("limit", LIMIT, "page size"),
-                               _query("cursor", {"type": "string", "maxLength": 400},
+                               _query("cursor", KEY_CURSOR,
                                       "next_cursor of the previous page")]),
         },
         "/v1/keys/{key_id}": {
@@ -215,7 +229,7 @@ def document() -> dict[str, Any]:
                     _query("since", TIME, "at or after this instant"),
                     _query("until", TIME, "before this instant"),
                     _query("limit", LIMIT, "page size"),
-                    _query("cursor", {"type": "string", "maxLength": 400},
+                    _query("cursor", {"type": "string", "pattern": "^[0-9]{1,18}$"},
                            "next_cursor of the previous page")])},
         "/v1/mfa/enroll": {"post": _op(
             "enrollMfa", "Enrol a TOTP seed for the calling key's principal (once)", WRITE,
