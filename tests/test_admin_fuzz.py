@@ -28,9 +28,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from gateway.signing.signer import sign_sigv4
-
 from gateway.keys.formats import generate_key_id
+from gateway.signing.signer import sign_sigv4
 
 from .admin_client import Key, bootstrap_admin
 from .gateway_fixtures import GatewayProcess, Upstream, start_gateway, stop

@@ -8,6 +8,7 @@ from datetime import timedelta
 
 from gateway.kek import Keyring
 from gateway.keys.lifecycle import KeyManager, NewKey
+from gateway.keys.rewrap import rewrap_all
 from gateway.keys.record import AuditEntry
 from gateway.store import AuditFilter, KeyFilter, MfaEnrolment, Store, UsageCount
 
@@ -95,3 +96,17 @@ async def test_count_keys_by_status(store: Store, manager: KeyManager) -> None:
               for s in ("active", "revoked", "expired")}
     assert counts == {"active": 1, "revoked": 1, "expired": 0}
     assert await store.count_keys(KeyFilter(), now=NOW, inactivity=0) == 2
+
+
+async def test_kek_rotation_rewraps_mfa_seeds_too(store: Store, manager: KeyManager,
+                                                  keyring: Keyring) -> None:
+    await manager.create(NewKey(principal="svc"), actor=ACTOR, now=NOW)
+    async with store.transaction() as tx:
+        await tx.insert_mfa(MfaEnrolment("ops", keyring.wrap_totp_seed("ops", b"z" * 20), NOW))
+    assert await store.count_by_kek_version() == {1: 2}  # a key secret and a seed
+    ring = keyring.with_new_version(NOW).activated(2)
+    assert await rewrap_all(store, ring, actor=ACTOR, now=lambda: NOW) == 2
+    assert await store.count_by_kek_version() == {2: 2}  # so `kek retire 1` may proceed
+    retired = ring.without(1)
+    enrolment = await store.get_mfa("ops")
+    assert retired.unwrap_totp_seed("ops", enrolment.wrapped) == b"z" * 20

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import orjson
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from ..errors import GatewayError
 from ..keys.lifecycle import KeyManager
@@ -33,12 +34,12 @@ UNSIGNED = frozenset({"/healthz", "/readyz", "/metrics", "/v1/openapi.json"})
 
 
 @web.middleware
-async def _signed_json(request: web.Request, handler: web.Handler) -> web.StreamResponse:
+async def _signed_json(request: web.Request, handler: Handler) -> web.StreamResponse:
     answer: list[tuple[str, str]] = []
     try:
         if request.path not in UNSIGNED:
             request[CALLER_KEY] = await authenticate(request.app[GATEWAY_KEY], request, answer)
-        response = await handler(request)
+        response: web.StreamResponse = await handler(request)
     except GatewayError as exc:
         return error_response(exc, answer)
     except web.HTTPException as exc:  # the router's 404 / 405

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -91,8 +92,8 @@ class _Collector:
         errors.add_metric(("metrics",), self.key_counts.errors)
         yield errors
         keys = GaugeMetricFamily("gateway_keys", "Keys by status", labels=("status",))
-        for status, n in sorted(self.key_counts.counts.items()):
-            keys.add_metric((status,), n)
+        for state, n in sorted(self.key_counts.counts.items()):
+            keys.add_metric((state,), n)
         yield keys
 
 
@@ -107,12 +108,12 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
-def metrics(key_counts: KeyCounts) -> web.Handler:
+def metrics(key_counts: KeyCounts) -> Handler:
     async def handler(request: web.Request) -> web.Response:
         gateway = request.app[GATEWAY_KEY]
         await key_counts.refresh(gateway)
         registry = CollectorRegistry(auto_describe=False)
-        registry.register(_Collector(gateway, key_counts))  # type: ignore[arg-type]
+        registry.register(_Collector(gateway, key_counts))
         return web.Response(body=generate_latest(registry),
                             headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
     return handler

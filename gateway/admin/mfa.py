@@ -1,7 +1,8 @@
 """TOTP step-up for issuance (RFC 6238; DESIGN §1 "Weak issuance", §4.1).
 
 A principal enrols once; its seed (160 bits, RFC 4226 §4's recommended length) is
-kept wrapped under the KEK with a purpose of its own, like key secrets (DESIGN §3.3).
+kept wrapped under the KEK with a purpose of its own, like key secrets (DESIGN §3.3),
+and re-wrapped with them when the KEK rotates.
 A code is accepted for the current 30-second step or the one either side (clock
 drift, RFC 6238 §5.2), and each step at most once: the store records the highest
 step used, atomically, so a code seen on the wire cannot be replayed on any instance.
@@ -9,7 +10,6 @@ step used, atomically, so a code seen on the wire cannot be replayed on any inst
 
 from __future__ import annotations
 
-import hashlib
 import re
 import secrets
 from datetime import datetime
@@ -23,20 +23,14 @@ from ..kek import KekError, Keyring
 from ..keys.record import AuditEntry
 from ..store import MfaEnrolment, Store
 
-__all__ = ["MFA_HEADER", "PURPOSE_TOTP_SEED", "enrol", "totp", "verify_code"]
+__all__ = ["MFA_HEADER", "enrol", "totp", "verify_code"]
 
 MFA_HEADER = "Gateway-MFA-Code"
-PURPOSE_TOTP_SEED = b"totp-seed"
 SEED_BYTES = 20
 STEP = 30
 DIGITS = 6
 ISSUER = "gateway"
 _CODE = re.compile(r"[0-9]{6}", re.ASCII)
-
-
-def _wrap_id(principal: str) -> str:
-    """The ASCII identity the seed's ciphertext is bound to (principals may be any text)."""
-    return "mfa:" + hashlib.sha256(principal.encode("utf-8")).hexdigest()
 
 
 def totp(seed: bytes) -> TOTP:
@@ -48,8 +42,7 @@ async def enrol(store: Store, keyring: Keyring, principal: str, now: datetime,
     """Enrol ``principal`` (with its audit row, in one transaction); the ``otpauth://``
     URI, or None when it is already enrolled."""
     seed = secrets.token_bytes(SEED_BYTES)
-    enrolment = MfaEnrolment(principal, keyring.wrap(PURPOSE_TOTP_SEED, _wrap_id(principal),
-                                                     seed), now)
+    enrolment = MfaEnrolment(principal, keyring.wrap_totp_seed(principal, seed), now)
     async with store.transaction() as tx:
         if not await tx.insert_mfa(enrolment):
             return None
@@ -69,7 +62,7 @@ async def verify_code(store: Store, keyring: Keyring, principal: str, code: str,
     if enrolment is None:
         raise GatewayError("mfa_required", "enrol a TOTP seed first: POST /v1/mfa/enroll")
     try:
-        seed = keyring.unwrap(PURPOSE_TOTP_SEED, _wrap_id(principal), enrolment.wrapped)
+        seed = keyring.unwrap_totp_seed(principal, enrolment.wrapped)
     except KekError:
         raise GatewayError("store_unavailable", "the MFA seed cannot be decrypted") from None
     generator = totp(seed)

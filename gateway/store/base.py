@@ -238,7 +238,15 @@ class Store(ABC):
         """Batch-advance ``last_used_at`` (never moves it backwards)."""
 
     @abstractmethod
-    async def count_by_kek_version(self) -> dict[int, int]: ...
+    async def count_by_kek_version(self) -> dict[int, int]:
+        """Wrapped records (key secrets and MFA seeds) per KEK version."""
+
+    @abstractmethod
+    async def rewrap_mfa(self, target_version: int,
+                         rewrap: Callable[[str, WrappedSecret], WrappedSecret]) -> int:
+        """Re-wrap every MFA seed not under the target version (``rewrap(principal,
+        wrapped)``), in one transaction; the number re-wrapped. Seeds are few: one per
+        admin principal."""
 
     @abstractmethod
     async def rewrap_batch(self, target_version: int, limit: int, rewrap: Rewrap,

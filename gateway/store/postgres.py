@@ -9,7 +9,7 @@ one transaction-scoped advisory lock first, so seq order is commit order
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
@@ -319,8 +319,24 @@ class PostgresStore(Store):
 
     async def count_by_kek_version(self) -> dict[int, int]:
         async with self._conn() as c:
-            rows = await c.fetch("SELECT kek_version, COUNT(*) FROM keys GROUP BY kek_version")
+            rows = await c.fetch(
+                "SELECT kek_version, COUNT(*) FROM (SELECT kek_version FROM keys UNION ALL "
+                "SELECT kek_version FROM mfa_enrolments) AS w GROUP BY kek_version")
         return {int(r[0]): int(r[1]) for r in rows}
+
+    async def rewrap_mfa(self, target_version: int,
+                         rewrap: Callable[[str, WrappedSecret], WrappedSecret]) -> int:
+        async with self._conn() as c, c.transaction():
+            rows = await c.fetch("SELECT principal, kek_version, nonce, ciphertext FROM "
+                                 "mfa_enrolments WHERE kek_version <> $1 FOR UPDATE",
+                                 target_version)
+            for r in rows:
+                new = rewrap(r["principal"], WrappedSecret(r["kek_version"], bytes(r["nonce"]),
+                                                           bytes(r["ciphertext"])))
+                await c.execute("UPDATE mfa_enrolments SET kek_version = $1, nonce = $2, "
+                                "ciphertext = $3 WHERE principal = $4", new.kek_version,
+                                new.nonce, new.ciphertext, r["principal"])
+            return len(rows)
 
     async def rewrap_batch(self, target_version: int, limit: int, rewrap: Rewrap,
                            at: datetime) -> int:

@@ -347,8 +347,24 @@ class SQLiteStore(Store):
 
     async def count_by_kek_version(self) -> dict[int, int]:
         rows = await self._locked(lambda c: c.execute(
-            "SELECT kek_version, COUNT(*) FROM keys GROUP BY kek_version").fetchall())
+            "SELECT kek_version, COUNT(*) FROM (SELECT kek_version FROM keys UNION ALL "
+            "SELECT kek_version FROM mfa_enrolments) GROUP BY kek_version").fetchall())
         return {int(v): int(n) for v, n in rows}
+
+    async def rewrap_mfa(self, target_version: int,
+                         rewrap: Callable[[str, WrappedSecret], WrappedSecret]) -> int:
+        def run(c: sqlite3.Connection) -> int:
+            rows = c.execute("SELECT principal, kek_version, nonce, ciphertext FROM "
+                             "mfa_enrolments WHERE kek_version <> ?", (target_version,)
+                             ).fetchall()
+            updates = []
+            for principal, version, nonce, ct in rows:
+                new = rewrap(principal, WrappedSecret(version, bytes(nonce), bytes(ct)))
+                updates.append((new.kek_version, new.nonce, new.ciphertext, principal))
+            c.executemany("UPDATE mfa_enrolments SET kek_version = ?, nonce = ?, "
+                          "ciphertext = ? WHERE principal = ?", updates)
+            return len(updates)
+        return await self._locked(lambda c: _in_transaction(c, run))
 
     async def rewrap_batch(self, target_version: int, limit: int, rewrap: Rewrap,
                            at: datetime) -> int:
