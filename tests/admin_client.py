@@ -55,13 +55,12 @@ def signed(host: str, key: Key, method: str, target: str, body: bytes = b"",
 
 async def send(base: str, method: str, target: str, headers: list[tuple[str, str]],
                body: bytes = b"") -> tuple[int, Any, dict[str, str]]:
-    async with aiohttp.ClientSession(skip_auto_headers=("User-Agent", "Accept-Encoding",
-                                                        "Accept", "Content-Type")) as s:
-        async with s.request(method, URL(base + target, encoded=True), headers=headers,
-                             data=body or None) as r:
-            raw = await r.read()
-            doc = json.loads(raw) if raw and r.content_type == "application/json" else raw
-            return r.status, doc, dict(r.headers)
+    skip = ("User-Agent", "Accept-Encoding", "Accept", "Content-Type")
+    async with aiohttp.ClientSession(skip_auto_headers=skip) as s, s.request(
+            method, URL(base + target, encoded=True), headers=headers, data=body or None) as r:
+        raw = await r.read()
+        doc = json.loads(raw) if raw and r.content_type == "application/json" else raw
+        return r.status, doc, dict(r.headers)
 
 
 async def admin(gw: GatewayProcess, key: Key, method: str, target: str,

@@ -263,7 +263,7 @@ async def test_activity_and_requests_last_hour(gateway: GatewayProcess, root: Ke
     assert (await data(gateway, key, "GET", "/open/b"))[0] == 200
 
     async def counted() -> Any:
-        status, doc = await admin(gateway, root, "GET", f"/v1/keys/{key.key_id}")
+        _, doc = await admin(gateway, root, "GET", f"/v1/keys/{key.key_id}")
         return doc if doc["requests_last_hour"] == 5 else None
     doc = await until(counted, "the usage flush")
     assert doc["last_used_at"] is not None
@@ -364,7 +364,7 @@ async def test_metrics_move_with_traffic(gateway: GatewayProcess, root: Key) -> 
     key = Key.from_json(await new_key(gateway, root, principal="svc-metrics"))
     for _ in range(4):
         assert (await data(gateway, key, "GET", "/api/m"))[0] == 200
-    status, _ = await data(gateway, Key(key.key_id, "gws_" + "B" * 49), "GET", "/api/m")
+    assert (await data(gateway, Key(key.key_id, "gws_" + "B" * 49), "GET", "/api/m"))[0] == 401
     after = await scrape()
 
     def moved(name: str) -> float:
@@ -372,6 +372,7 @@ async def test_metrics_move_with_traffic(gateway: GatewayProcess, root: Key) -> 
     assert moved('gateway_requests_total{outcome="ok",route="/api/",status="200"}') >= 4
     assert moved('gateway_requests_total{outcome="signature_invalid",route="/api/",'
                  'status="401"}') >= 1
+    assert moved('gateway_requests_total{outcome="ok",route="admin",status="201"}') >= 1
     assert moved("gateway_request_duration_seconds_count") >= 5
     assert moved('gateway_request_duration_seconds_bucket{le="+Inf"}') >= 5
     assert moved("gateway_cache_hits_total") + moved("gateway_cache_misses_total") >= 5

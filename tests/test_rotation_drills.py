@@ -182,7 +182,7 @@ async def test_leaked_key_drill(pair: tuple[GatewayProcess, GatewayProcess]) -> 
     want = {("/api/", 200): 4 + 2 + 2 + accepted_meanwhile, ("/open/", 200): 3}
 
     async def tallied() -> dict[str, Any] | None:
-        status, act = await admin(b, root, "GET",
+        _, act = await admin(b, root, "GET",
                                   f"/v1/keys/{leaked.key_id}/activity?since=1h")
         got = {(r["route"], r["status"]): r["count"] for r in act["routes"]}
         return act if got == want else None

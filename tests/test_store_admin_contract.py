@@ -8,8 +8,8 @@ from datetime import timedelta
 
 from gateway.kek import Keyring
 from gateway.keys.lifecycle import KeyManager, NewKey
-from gateway.keys.rewrap import rewrap_all
 from gateway.keys.record import AuditEntry
+from gateway.keys.rewrap import rewrap_all
 from gateway.store import AuditFilter, KeyFilter, MfaEnrolment, Store, UsageCount
 
 from .keystore_fixtures import ACTOR, NOW

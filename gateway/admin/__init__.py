@@ -35,27 +35,30 @@ UNSIGNED = frozenset({"/healthz", "/readyz", "/metrics", "/v1/openapi.json"})
 
 @web.middleware
 async def _signed_json(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Authenticate, run the call, answer every refusal in JSON, and count the call in
+    ``gateway_requests`` under the route label ``admin``."""
     answer: list[tuple[str, str]] = []
+    outcome = "ok"
     try:
         if request.path not in UNSIGNED:
             request[CALLER_KEY] = await authenticate(request.app[GATEWAY_KEY], request, answer)
         response: web.StreamResponse = await handler(request)
-    except GatewayError as exc:
-        return error_response(exc, answer)
-    except web.HTTPException as exc:  # the router's 404 / 405
-        if exc.status == 405:
-            return error_response(GatewayError("route_not_found",
-                                               "no such call (wrong method for this path)"),
-                                  answer)
-        if exc.status == 404:
-            return error_response(GatewayError("route_not_found", "no such call"), answer)
-        raise
+        for name, value in answer:
+            response.headers[name] = value
+    except (GatewayError, web.HTTPException) as exc:
+        if isinstance(exc, web.HTTPException):  # the router's 404 / 405
+            if exc.status not in (404, 405):
+                raise
+            exc = GatewayError("route_not_found", "no such call" if exc.status == 404
+                               else "no such call (wrong method for this path)")
+        outcome = exc.code
+        response = error_response(exc, answer)
     except Exception:  # a bug: logged, answered in JSON, never a traceback to the client
         log.exception("admin call %s %s failed", request.method, request.path[:200])
-        return web.Response(status=500, content_type="application/json", body=orjson.dumps(
+        outcome = "internal_error"
+        response = web.Response(status=500, content_type="application/json", body=orjson.dumps(
             {"error": "internal_error", "message": "the admin call failed"}))
-    for name, value in answer:
-        response.headers[name] = value
+    request.app[GATEWAY_KEY].data_plane.counters.count("admin", response.status, outcome)
     return response
 
 
