@@ -3,9 +3,11 @@ signed ``x-gateway-nonce`` per request (admin calls follow the replay rule)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,3 +82,15 @@ async def data(gw: GatewayProcess, key: Key, method: str, target: str,
     status, answer, _ = await send(gw.url, method, target,
                                    signed(gw.host, key, method, target, body), body)
     return status, answer
+
+
+async def until(check: Callable[[], Awaitable[Any]], what: str, timeout: float = 5.0) -> Any:
+    """Poll ``check()`` until it returns something truthy: usage and lifecycle changes
+    reach the store and the other instances in the background (``[usage] flush``,
+    ``[cache] change_poll``)."""
+    deadline = time.monotonic() + timeout
+    while not (got := await check()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+    return got

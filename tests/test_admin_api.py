@@ -4,9 +4,7 @@ a script signs it (SigV4 + a signed ``x-gateway-nonce``), the bootstrap key made
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,7 +13,7 @@ import pytest
 from gateway.admin.openapi import render
 from gateway.keys.formats import generate_key_id
 
-from .admin_client import Key, admin, bootstrap_admin, data, send, signed
+from .admin_client import Key, admin, bootstrap_admin, data, send, signed, until
 from .gateway_fixtures import GatewayProcess, Upstream, days_ago, start_gateway, stop
 
 EXTRA = '[usage]\nflush = "100ms"\n'
@@ -32,19 +30,6 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, upstream: Upstream
 @pytest.fixture(scope="module")
 def root(gateway: GatewayProcess) -> Key:
     return bootstrap_admin(gateway, "ops-root")
-
-
-async def until(check: Any, what: str, timeout: float = 5.0) -> Any:
-    """Poll ``check()`` (a coroutine function) until it returns something truthy:
-    usage reaches the store in the background, every ``[usage] flush``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        got = await check()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 async def new_key(gw: GatewayProcess, root: Key, **body: Any) -> dict[str, Any]:

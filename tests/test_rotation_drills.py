@@ -23,7 +23,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from .admin_client import Key, admin, bootstrap_admin, data
+from .admin_client import Key, admin, bootstrap_admin, data, until
 from .conftest import ROOT
 from .gateway_fixtures import GatewayProcess, Upstream, start_gateway, stop
 
@@ -55,15 +55,6 @@ def pair(tmp_path_factory: pytest.TempPathFactory, upstream: Upstream,
     stop(a.proc)
     stop(b.proc)
     asyncio.run(sql(f'DROP SCHEMA "{schema}" CASCADE'))
-
-
-async def until(check: Any, what: str, timeout: float = 5.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (got := await check()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
-    return got
 
 
 @dataclass

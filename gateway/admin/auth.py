@@ -37,7 +37,7 @@ ADMIN_SCOPE = "admin"
 ADMIN_MAX_BODY = 64 * 1024
 # refusals that come only after the MAC verified: the key is then known to be the caller
 _AFTER_MAC = frozenset({"replayed", "key_revoked", "key_expired", "key_inactive",
-                        "source_denied", "mfa_required", "scope_denied"})
+                        "source_denied"})
 
 
 def _replay_applies(gateway: Gateway, method: str) -> bool:
