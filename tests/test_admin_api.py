@@ -258,10 +258,33 @@ async def test_activity_and_requests_last_hour(gateway: GatewayProcess, root: Ke
                               {"route": "/api/", "status": 403, "count": 1},
                               {"route": "/open/", "status": 200, "count": 1}],
                    "sources": [{"address": "127.0.0.1", "count": 5}]}
+    done = gateway.cli("keys", "activity", key.key_id, "--since", "1h", "--json")
+    assert done.returncode == 0 and json.loads(done.stdout) == act, done.stderr
     for query in ("since=forever", "since=9999999d", "until=1h"):
         status, doc = await admin(gateway, root, "GET",
                                   f"/v1/keys/{key.key_id}/activity?{query}")
         assert (status, doc["error"]) == (400, "invalid_request"), query
+
+
+async def test_admin_calls_count_in_the_admin_keys_activity(gateway: GatewayProcess,
+                                                              root: Key) -> None:
+    reader = Key.of(await gateway.create_key(scopes=("admin:keys:read",)))
+    for _ in range(2):
+        assert (await admin(gateway, reader, "GET", "/v1/whoami"))[0] == 200
+    assert (await admin(gateway, reader, "GET", "/v1/audit"))[0] == 403
+
+    async def counted() -> Any:
+        _, act = await admin(gateway, root, "GET", f"/v1/keys/{reader.key_id}/activity")
+        return act if len(act["routes"]) == 2 else None
+    act = await until(counted, "the usage flush")
+    assert act["routes"] == [{"route": "admin", "status": 200, "count": 2},
+                             {"route": "admin", "status": 403, "count": 1}]
+
+
+async def test_admin_bodies_are_bounded(gateway: GatewayProcess, root: Key) -> None:
+    big = json.dumps({"principal": "p", "name": "x" * 70_000}).encode()
+    status, doc = await admin(gateway, root, "POST", "/v1/keys", raw=big)
+    assert (status, doc["error"]) == (413, "body_too_large")
 
 
 async def test_audit_filters_and_cursor(gateway: GatewayProcess, root: Key) -> None:

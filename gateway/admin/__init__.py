@@ -8,6 +8,7 @@ nothing a client sends produces a 500.
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING
 
 import orjson
@@ -36,7 +37,7 @@ UNSIGNED = frozenset({"/healthz", "/readyz", "/metrics", "/v1/openapi.json"})
 @web.middleware
 async def _signed_json(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Authenticate, run the call, answer every refusal in JSON, and count the call in
-    ``gateway_requests`` under the route label ``admin``."""
+    ``gateway_requests`` and the calling key's activity under the route label ``admin``."""
     answer: list[tuple[str, str]] = []
     outcome = "ok"
     try:
@@ -58,7 +59,12 @@ async def _signed_json(request: web.Request, handler: Handler) -> web.StreamResp
         outcome = "internal_error"
         response = web.Response(status=500, content_type="application/json", body=orjson.dumps(
             {"error": "internal_error", "message": "the admin call failed"}))
-    request.app[GATEWAY_KEY].data_plane.counters.count("admin", response.status, outcome)
+    gateway = request.app[GATEWAY_KEY]
+    gateway.data_plane.counters.count("admin", response.status, outcome)
+    caller = request.get(CALLER_KEY)
+    if caller is not None:  # in the key's activity too, under the route label "admin"
+        gateway.usage.count(caller.record.key_id, "admin", response.status, caller.source,
+                            time.time())
     return response
 
 

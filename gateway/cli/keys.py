@@ -1,4 +1,4 @@
-"""``gateway keys create|list|show|rotate|renew|revoke`` (DESIGN.md §4, §4.1)."""
+"""``gateway keys create|list|show|rotate|renew|revoke|activity`` (DESIGN.md §4, §4.1)."""
 
 from __future__ import annotations
 
@@ -90,6 +90,13 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--revoke-old", action="store_true",
                    help="with --wait-idle: revoke the old key once it is idle")
     p.set_defaults(run=_rotate, needs_keyring=True)
+
+    p = ks.add_parser("activity", parents=[common],
+                      help="requests per route and status, and per source address")
+    p.add_argument("key_id", metavar="KEY_ID")
+    p.add_argument("--since", type=duration, default=3600.0, metavar="D",
+                   help="how far back (default 1h)")
+    p.set_defaults(run=_activity, needs_keyring=False)
 
     p = ks.add_parser("renew", parents=[common], help="set a new expiry within policy")
     p.add_argument("key_id", metavar="KEY_ID")
@@ -186,6 +193,21 @@ async def _show(ctx: Context) -> int:
     if record is None:
         raise KeyNotFound(ctx.args.key_id)
     _show_record(ctx, record, f"Key {record.key_id}:")
+    return 0
+
+
+async def _activity(ctx: Context) -> int:
+    check_key_id(ctx.args.key_id)
+    if await ctx.store.get_key(ctx.args.key_id) is None:
+        raise KeyNotFound(ctx.args.key_id)
+    got = await ctx.store.activity(ctx.args.key_id, ctx.now - timedelta(seconds=ctx.args.since))
+    if ctx.json:
+        print_json({"routes": [{"route": r, "status": s, "count": n} for r, s, n in got.routes],
+                    "sources": [{"address": a, "count": n} for a, n in got.sources]})
+        return 0
+    print_table(("ROUTE", "STATUS", "COUNT"), got.routes)
+    print()
+    print_table(("SOURCE", "COUNT"), got.sources)
     return 0
 
 
