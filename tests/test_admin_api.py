@@ -92,6 +92,29 @@ async def test_non_admin_keys_and_missing_scopes_are_refused(gateway: GatewayPro
         (await admin(gateway, root, "GET", f"/v1/keys/{reader.key_id}"))[1]["principal"]}
 
 
+async def test_only_admin_may_issue_admin_scopes(gateway: GatewayProcess, root: Key) -> None:
+    writer = Key.of(await gateway.create_key(principal="ops-writer",
+                                             scopes=("admin:keys:write", "admin:keys:read")))
+    for scopes in (["admin"], ["admin:audit:read"], ["ad*"], ["admin:*"], ["leaks:report"]):
+        status, doc = await admin(gateway, writer, "POST", "/v1/keys",
+                                  {"principal": "svc-escalate", "scopes": scopes})
+        assert (status, doc["error"]) == (403, "scope_denied"), scopes
+    status, made = await admin(gateway, writer, "POST", "/v1/keys",
+                               {"principal": "svc-escalate", "scopes": ["api:*"]})
+    assert status == 201
+    status, doc = await admin(gateway, writer, "PATCH", f"/v1/keys/{made['key_id']}",
+                              {"scopes": ["api:*", "admin"]})
+    assert (status, doc["error"]) == (403, "scope_denied")
+    status, doc = await admin(gateway, writer, "POST", f"/v1/keys/{root.key_id}/rotate", {})
+    assert (status, doc["error"]) == (403, "scope_denied")  # a new root secret for it: no
+    status, doc = await admin(gateway, root, "GET", f"/v1/keys/{root.key_id}")
+    assert doc["status"] == "active"
+    status, doc = await admin(gateway, root, "GET",
+                              f"/v1/audit?actor={writer.key_id}&action=key.rotated")
+    assert [(e["outcome"], e["details"]) for e in doc["items"]] == [
+        ("failure", {"error": "scope_denied"})]
+
+
 async def test_expired_and_revoked_admin_keys_are_refused(gateway: GatewayProcess,
                                                           root: Key) -> None:
     expired = Key.of(await gateway.create_key(scopes=("admin",), now=days_ago(2),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -29,11 +30,14 @@ from .state import Caller
 if TYPE_CHECKING:
     from ..proxy.server import Gateway
 
-__all__ = ["ADMIN_SCOPE", "audit", "authenticate", "require_scope"]
+__all__ = ["ADMIN_SCOPE", "ADMIN_SCOPES", "audit", "authenticate", "require_grant",
+           "require_scope"]
 
 log = logging.getLogger("gateway.admin")
 
 ADMIN_SCOPE = "admin"
+ADMIN_SCOPES = (ADMIN_SCOPE, "admin:keys:read", "admin:keys:write", "admin:audit:read",
+                "leaks:report")
 ADMIN_MAX_BODY = 64 * 1024
 # refusals that come only after the MAC verified: the key is then known to be the caller
 _AFTER_MAC = frozenset({"replayed", "key_revoked", "key_expired", "key_inactive",
@@ -74,6 +78,18 @@ async def require_scope(gateway: Gateway, request: web.Request, caller: Caller,
     await audit(gateway, caller.record, "admin.auth_failed", _target(request), caller.source,
                 "failure", error=exc.code, required_scope=scope)
     raise exc
+
+
+def require_grant(caller: Caller, scopes: Sequence[str]) -> None:
+    """Only an ``admin`` caller may issue keys holding admin scopes (``admin``, the finer
+    ``admin:*`` ones, ``leaks:report``, or a wildcard covering them): otherwise a key
+    with ``admin:keys:write`` could mint itself a full ``admin`` key."""
+    if scope_allows(caller.record.scopes, ADMIN_SCOPE):
+        return
+    granted = [s for s in scopes if any(scope_allows([s], a) for a in ADMIN_SCOPES)]
+    if granted:
+        raise GatewayError("scope_denied", f"only a key with scope {ADMIN_SCOPE} may issue "
+                                           f"keys with scope {granted[0][:128]}")
 
 
 async def audit(gateway: Gateway, actor: KeyRecord | None, action: str, target: str | None,

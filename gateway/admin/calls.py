@@ -12,15 +12,13 @@ from ..keys.record import AuditEntry
 from ..proxy.routes import scope_allows
 from ..store import AuditFilter
 from . import schema
-from .auth import ADMIN_SCOPE, audit, require_scope
+from .auth import ADMIN_SCOPE, ADMIN_SCOPES, audit, require_scope
 from .keys import WRITE, json_response
 from .mfa import enrol
 from .state import CALLER_KEY, GATEWAY_KEY, Caller
 
-__all__ = ["ADMIN_SCOPES", "routes"]
+__all__ = ["routes"]
 
-ADMIN_SCOPES = (ADMIN_SCOPE, "admin:keys:read", "admin:keys:write", "admin:audit:read",
-                "leaks:report")
 AUDIT_PARAMS = ("key_id", "actor", "action", "since", "until", "limit", "cursor")
 _CURSOR = re.compile(r"[0-9]{1,18}", re.ASCII)
 

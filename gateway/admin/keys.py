@@ -20,7 +20,7 @@ from ..keys.lifecycle import UNCHANGED, Actor, KeyManager, NewKey, check_key_id
 from ..keys.record import KeyRecord
 from ..store import KeyFilter
 from . import schema
-from .auth import audit, require_scope
+from .auth import audit, require_grant, require_scope
 from .mfa import MFA_HEADER, verify_code
 from .state import CALLER_KEY, GATEWAY_KEY, Caller
 
@@ -90,6 +90,7 @@ async def create(request: web.Request) -> web.Response:
                       rate_limit=schema.rate_limit(doc.get("rate_limit")),
                       source_cidrs=None if doc.get("source_cidrs") is None
                       else tuple(doc["source_cidrs"]))
+        require_grant(caller, spec.scopes)
         mfa = await _step_up(request, caller)
         now = datetime.now(UTC)
         issued = await manager.create(spec, actor=_actor(caller, mfa), now=now)
@@ -135,6 +136,7 @@ async def update_key(request: web.Request) -> web.Response:
     async def run() -> web.Response:
         check_key_id(key_id)
         doc = schema.body(caller.body, "UpdateKey")
+        require_grant(caller, doc.get("scopes", ()))
         now = datetime.now(UTC)
         record = await request.app[MANAGER_KEY].update(
             key_id, actor=_actor(caller), now=now, name=doc.get("name", UNCHANGED),
@@ -158,6 +160,8 @@ async def rotate_key(request: web.Request) -> web.Response:
         grace = schema.duration(doc["grace"], "grace") if "grace" in doc else None
         lifetime = schema.duration(doc["expires_in"], "expires_in") if "expires_in" in doc \
             else None
+        old = await manager.get(key_id)  # the new key inherits its scopes
+        require_grant(caller, old.scopes)
         mfa = await _step_up(request, caller)
         now = datetime.now(UTC)
         issued = await manager.rotate(key_id, actor=_actor(caller, mfa), now=now, grace=grace,

@@ -127,7 +127,8 @@ SCHEMAS: dict[str, Schema] = {
 ERRORS = {
     "400": "invalid_request: a body or parameter fails the schema; or a malformed signature",
     "401": "the signature does not verify, or the key is revoked, expired or inactive",
-    "403": "scope_denied (the key lacks the call's scope) or mfa_required",
+    "403": "scope_denied (the key lacks the call's scope, or a non-admin caller asks for "
+           "admin scopes) or mfa_required",
     "404": "key_not_found, or route_not_found",
     "409": "key_limit_reached: the principal has max_active_keys_per_principal keys",
     "413": "body_too_large",
