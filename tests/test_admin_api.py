@@ -304,6 +304,12 @@ async def test_admin_calls_count_in_the_admin_keys_activity(gateway: GatewayProc
                              {"route": "admin", "status": 403, "count": 1}]
 
 
+async def test_aiohttp_parse_errors_on_the_admin_listener_are_json(
+        gateway: GatewayProcess, root: Key) -> None:
+    status, doc = await admin(gateway, root, "GET", "/v1/audit?actor=" + "x" * 9000)
+    assert (status, doc["error"]) == (431, "headers_too_large")
+
+
 async def test_admin_bodies_are_bounded(gateway: GatewayProcess, root: Key) -> None:
     big = json.dumps({"principal": "p", "name": "x" * 70_000}).encode()
     status, doc = await admin(gateway, root, "POST", "/v1/keys", raw=big)

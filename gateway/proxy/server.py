@@ -64,6 +64,15 @@ class _Server(web.Server):
         return _JsonErrorHandler(self, loop=self._loop, **self._kwargs)
 
 
+class _JsonAppRunner(web.AppRunner):
+    """The admin listener's runner: its aiohttp parse errors are JSON too (DESIGN §3.4)."""
+
+    async def _make_server(self) -> web.Server:
+        made = await super()._make_server()
+        return _Server(made.request_handler, request_factory=made.request_factory,
+                       loop=made._loop, **made._kwargs)
+
+
 def parse_listen(listen: str) -> tuple[str, int]:
     """``host:port`` or ``[v6]:port``."""
     host, _, port = listen.rpartition(":")
@@ -89,7 +98,7 @@ class Gateway:
         self._tasks: list[asyncio.Task[None]] = []
         self._servers: list[asyncio.AbstractServer] = []
         self._low_level: _Server | None = None
-        self._admin: web.AppRunner | None = None
+        self._admin: _JsonAppRunner | None = None
 
     async def start(self, sock: socket.socket | None = None) -> None:
         s = self.config.server
@@ -113,7 +122,9 @@ class Gateway:
             server = await loop.create_server(self._low_level, sock=sock, ssl=ssl_context,
                                               backlog=1024)
         self._servers.append(server)
-        self._admin = web.AppRunner(admin_app(self), access_log=None)
+        self._admin = _JsonAppRunner(admin_app(self), access_log=None,
+                                     max_line_size=s.max_request_line,
+                                     max_field_size=s.max_headers)
         await self._admin.setup()
         host, port = parse_listen(self.config.admin.listen)
         await web.TCPSite(self._admin, host, port, reuse_port=sock is not None).start()
