@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import os
 import secrets
 import stat
@@ -36,6 +37,7 @@ from gateway.keys.record import WrappedSecret, rfc3339
 
 __all__ = [
     "PURPOSE_KEY_SECRET",
+    "PURPOSE_TOTP_SEED",
     "KekError",
     "Keyring",
     "KeyringError",
@@ -48,6 +50,7 @@ __all__ = [
 
 FORMAT = "gateway-keyring/1"
 PURPOSE_KEY_SECRET = b"key-secret"
+PURPOSE_TOTP_SEED = b"totp-seed"
 NONCE_LEN = 12
 KEK_LEN = 32
 
@@ -75,6 +78,11 @@ def generate_kek() -> bytes:
 def _aad(purpose: bytes, key_id: str, version: int) -> bytes:
     parts = (purpose, key_id.encode("ascii"), str(version).encode("ascii"))
     return b"".join(struct.pack(">I", len(p)) + p for p in parts)
+
+
+def _seed_id(principal: str) -> str:
+    """The ASCII identity a TOTP seed is bound to (principals may be any printable text)."""
+    return "mfa:" + hashlib.sha256(principal.encode("utf-8")).hexdigest()
 
 
 class Keyring:
@@ -165,6 +173,13 @@ class Keyring:
         if not is_well_formed_secret(text):
             raise UnwrapError(key_id, wrapped.kek_version, "decrypted data is not a secret")
         return SecretStr(text)
+
+    def wrap_totp_seed(self, principal: str, seed: bytes) -> WrappedSecret:
+        """A principal's MFA seed (admin API), bound to the principal like a secret to its key."""
+        return self.wrap(PURPOSE_TOTP_SEED, _seed_id(principal), seed)
+
+    def unwrap_totp_seed(self, principal: str, wrapped: WrappedSecret) -> bytes:
+        return self.unwrap(PURPOSE_TOTP_SEED, _seed_id(principal), wrapped)
 
     def to_json(self) -> bytes:
         versions = [{"version": v, "key": base64.b64encode(self._keys[v]).decode(),

@@ -147,11 +147,12 @@ class GatewayProcess:
         raise RuntimeError("no VmHWM")
 
 
-def write_config(tmp: Path, upstream: Upstream, *, server: str = "", extra: str = "",
-                 store_url: str | None = None, name: str = "gateway",
-                 change_poll: str = "100ms") -> tuple[Path, int, int]:
-    """``server``: more lines for [server]; ``extra``: more sections. Instances that
-    share ``tmp`` share its keyring (created by the first)."""
+def write_config(tmp: Path, upstream: Upstream, extra: str = "", *, server: str = "",
+                 policy: str = "", store_url: str | None = None, keyring: Path | None = None,
+                 name: str = "gateway", change_poll: str = "100ms") -> tuple[Path, int, int]:
+    """A config on free ports. ``server`` / ``policy`` add lines to those sections,
+    ``extra`` more sections; ``store_url`` and ``keyring`` (an existing file) let several
+    gateways share one store and KEK (instances sharing ``tmp`` share its keyring too)."""
     port, admin_port = free_port(), free_port()
     config = tmp / f"{name}.toml"
     config.write_text(f"""
@@ -165,24 +166,25 @@ listen = "127.0.0.1:{admin_port}"
 [store]
 url = "{store_url or f"sqlite://{tmp / 'keys.db'}"}"
 [kek]
-keyring = "{tmp / 'keyring.json'}"
+keyring = "{keyring or tmp / 'keyring.json'}"
 [cache]
 change_poll = "{change_poll}"
 [policy]
 min_lifetime = "1s"
 inactivity = "30d"
+{policy}
 [log]
 access_log = true
 {extra}
 """ + ROUTES.format(upstream=upstream.url, dead_port=free_port()))
-    if not (tmp / "keyring.json").exists():
+    if keyring is None and not (tmp / "keyring.json").exists():
         create_keyring_file(tmp / "keyring.json", Keyring.generate(datetime.now(UTC)))
     return config, port, admin_port
 
 
-def start_gateway(tmp: Path, upstream: Upstream, **settings: str) -> GatewayProcess:
-    """A ``gateway serve`` process; ``settings`` as for :func:`write_config`."""
-    config, port, admin_port = write_config(tmp, upstream, **settings)
+def start_gateway(tmp: Path, upstream: Upstream, extra: str = "", **kw: Any) -> GatewayProcess:
+    """``gateway serve`` in a process of its own; ``kw`` as for :func:`write_config`."""
+    config, port, admin_port = write_config(tmp, upstream, extra, **kw)
     log = tmp / f"{config.stem}.out"
     with log.open("wb") as sink:
         proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--config",
@@ -199,6 +201,14 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+@pytest.fixture(scope="module")
+def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstream]:
+    """A recording upstream process, for tests that start gateways of their own."""
+    up = start_upstream(tmp_path_factory.mktemp("upstream"))
+    yield up
+    stop(up.proc)
 
 
 @pytest.fixture(scope="module", params=["lean", "aiohttp"])

@@ -17,19 +17,19 @@ from gateway.config import PolicyConfig
 from gateway.kek import Keyring
 from gateway.keys.lifecycle import KeyManager, NewKey
 from gateway.keys.record import STATUSES, AuditEntry, KeyRecord
-from gateway.store import KeyFilter, Store, Transaction, open_store
+from gateway.store import KeyFilter, MfaEnrolment, Store, Transaction, open_store
 
 DAY = timedelta(days=1)
 
 
 async def test_schema_is_created_on_first_use_and_migrating_again_is_a_no_op(
         store: Store, store_url: str) -> None:
-    assert await store.schema_version() == 1
+    assert await store.schema_version() == 2
     assert await store.migrate() == []
     again = await open_store(store_url)
     try:
         assert await again.migrate() == []
-        assert await again.schema_version() == 1
+        assert await again.schema_version() == 2
     finally:
         await again.close()
 
@@ -195,6 +195,9 @@ class _AuditFails(Transaction):
 
     async def add_changes(self, changes: Sequence[tuple[str, str, datetime]]) -> None:
         await self._inner.add_changes(changes)
+
+    async def insert_mfa(self, enrolment: MfaEnrolment) -> bool:
+        return await self._inner.insert_mfa(enrolment)
 
     async def add_audit(self, entries: Sequence[AuditEntry]) -> None:
         raise InjectedFault("audit write failed")

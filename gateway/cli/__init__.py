@@ -1,4 +1,4 @@
-"""The ``gateway`` command (DESIGN.md §4): ``keys``, ``kek`` and ``store`` subcommands.
+"""The ``gateway`` command (DESIGN.md §4): ``keys``, ``kek``, ``store`` and ``audit`` subcommands.
 
 Every command takes ``--config FILE`` (default ``$GATEWAY_CONFIG``, else built-in
 defaults) and ``--json``. Exit status: 0 done; 1 the action failed (no such key,
@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
+from gateway.cli import audit as audit_cmd
 from gateway.cli import kek as kek_cmd
 from gateway.cli import keys as keys_cmd
 from gateway.cli import serve as serve_cmd
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     keys_cmd.add_parsers(sub, common)
     kek_cmd.add_parsers(sub, common)
     serve_cmd.add_parsers(sub, common)
+    audit_cmd.add_parsers(sub, common)
     return parser
 
 

@@ -1,4 +1,4 @@
-"""``gateway keys create|list|show|rotate|renew|revoke`` (DESIGN.md §4, §4.1)."""
+"""``gateway keys create|list|show|rotate|renew|revoke|activity`` (DESIGN.md §4, §4.1)."""
 
 from __future__ import annotations
 
@@ -91,6 +91,13 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="with --wait-idle: revoke the old key once it is idle")
     p.set_defaults(run=_rotate, needs_keyring=True)
 
+    p = ks.add_parser("activity", parents=[common],
+                      help="requests per route and status, and per source address")
+    p.add_argument("key_id", metavar="KEY_ID")
+    p.add_argument("--since", type=duration, default=3600.0, metavar="D",
+                   help="how far back (default 1h)")
+    p.set_defaults(run=_activity, needs_keyring=False)
+
     p = ks.add_parser("renew", parents=[common], help="set a new expiry within policy")
     p.add_argument("key_id", metavar="KEY_ID")
     _expiry_options(p)
@@ -99,6 +106,9 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p = ks.add_parser("revoke", parents=[common], help="revoke a key now")
     p.add_argument("key_id", metavar="KEY_ID")
     p.add_argument("--reason", default="unspecified", help="e.g. leaked, rotated, offboarded")
+    p.add_argument("--wait-idle", type=duration, metavar="D",
+                   help="first wait until the key is unused for D (plus usage.flush): "
+                        "the end of a rotation made through the admin API")
     p.set_defaults(run=_revoke, needs_keyring=False)
 
 
@@ -106,8 +116,9 @@ def _manager(ctx: Context) -> KeyManager:
     return KeyManager(ctx.store, ctx.keyring, ctx.config.policy)
 
 
-def _show_record(ctx: Context, record: KeyRecord, headline: str) -> None:
-    doc = record.to_api(ctx.now, ctx.config.policy.inactivity)
+def _show_record(ctx: Context, record: KeyRecord, headline: str,
+                 now: datetime | None = None) -> None:
+    doc = record.to_api(now or ctx.now, ctx.config.policy.inactivity)
     if ctx.json:
         print_json(doc)
         return
@@ -185,6 +196,21 @@ async def _show(ctx: Context) -> int:
     return 0
 
 
+async def _activity(ctx: Context) -> int:
+    check_key_id(ctx.args.key_id)
+    if await ctx.store.get_key(ctx.args.key_id) is None:
+        raise KeyNotFound(ctx.args.key_id)
+    got = await ctx.store.activity(ctx.args.key_id, ctx.now - timedelta(seconds=ctx.args.since))
+    if ctx.json:
+        print_json({"routes": [{"route": r, "status": s, "count": n} for r, s, n in got.routes],
+                    "sources": [{"address": a, "count": n} for a, n in got.sources]})
+        return 0
+    print_table(("ROUTE", "STATUS", "COUNT"), got.routes)
+    print()
+    print_table(("SOURCE", "COUNT"), got.sources)
+    return 0
+
+
 async def _rotate(ctx: Context) -> int:
     a = ctx.args
     if (a.wait_idle is None) == a.revoke_old:
@@ -216,7 +242,19 @@ async def _renew(ctx: Context) -> int:
 
 
 async def _revoke(ctx: Context) -> int:
-    record = await _manager(ctx).revoke(ctx.args.key_id, actor=ctx.actor, now=ctx.now,
-                                        reason=ctx.args.reason)
-    _show_record(ctx, record, f"Key {record.key_id} revoked.")
+    a = ctx.args
+    now = ctx.now
+    if a.wait_idle is None:
+        record = await _manager(ctx).revoke(a.key_id, actor=ctx.actor, now=now, reason=a.reason)
+    else:
+        check_key_id(a.key_id)
+        print(f"Waiting until {a.key_id} is unused for {format_duration(a.wait_idle)} "
+              f"(+ {format_duration(ctx.config.usage.flush)} usage flush)...", file=sys.stderr,
+              flush=True)
+        record = await revoke_when_idle(_manager(ctx), a.key_id, idle=a.wait_idle,
+                                        flush=ctx.config.usage.flush, actor=ctx.actor,
+                                        clock=lambda: datetime.now(UTC), sleep=asyncio.sleep,
+                                        since=ctx.now, reason=a.reason)
+        now = datetime.now(UTC)
+    _show_record(ctx, record, f"Key {record.key_id} revoked.", now)
     return 0

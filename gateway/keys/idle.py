@@ -1,4 +1,5 @@
-"""Revoke a rotated key once it has gone quiet: ``keys rotate --wait-idle D --revoke-old``.
+"""Revoke a rotated key once it has gone quiet: ``keys rotate --wait-idle D --revoke-old``,
+or ``keys revoke KEY_ID --wait-idle D`` after a rotation made elsewhere (the admin API).
 
 Usage reaches the store at least every ``[usage] flush``, so "idle for D" is only
 believed after D *plus* one flush interval without a recorded use (DESIGN.md §4.1):
@@ -19,10 +20,10 @@ __all__ = ["revoke_when_idle"]
 async def revoke_when_idle(manager: KeyManager, key_id: str, *, idle: float, flush: float,
                            actor: Actor, clock: Callable[[], datetime],
                            sleep: Callable[[float], Awaitable[None]],
-                           since: datetime) -> KeyRecord:
+                           since: datetime, reason: str = "rotated") -> KeyRecord:
     """Wait until ``key_id`` has not been used for ``idle + flush`` seconds (counting from
     its last use, or from ``since`` when it was not used after that), then revoke it with
-    reason ``rotated``. Returns at once if the key gets revoked some other way meanwhile."""
+    ``reason``. Returns at once if the key gets revoked some other way meanwhile."""
     quiet = timedelta(seconds=idle + flush)
     while True:
         record = await manager.get(key_id)
@@ -31,5 +32,5 @@ async def revoke_when_idle(manager: KeyManager, key_id: str, *, idle: float, flu
             return record
         last = max(record.last_used_at or since, since)
         if now - last >= quiet:
-            return await manager.revoke(key_id, actor=actor, now=now, reason="rotated")
+            return await manager.revoke(key_id, actor=actor, now=now, reason=reason)
         await sleep(min((last + quiet - now).total_seconds(), max(flush, 1.0)))

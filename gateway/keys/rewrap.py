@@ -24,8 +24,9 @@ Progress = Callable[[int, int], None]  # (done, total)
 async def rewrap_all(store: Store, keyring: Keyring, *, actor: Actor,
                      now: Callable[[], datetime], batch_size: int = 1000,
                      progress: Progress | None = None) -> int:
-    """Re-wrap every record whose ``kek_version`` is not ``keyring.current``; the number
-    re-wrapped by this run. Writes one ``kek.rotated`` audit item when done."""
+    """Re-wrap every record whose ``kek_version`` is not ``keyring.current`` (MFA seeds
+    first, then key secrets); the number re-wrapped by this run. Writes one
+    ``kek.rotated`` audit item when done."""
     target = keyring.current
 
     def rewrap(key_id: str, wrapped: WrappedSecret) -> WrappedSecret:
@@ -33,7 +34,8 @@ async def rewrap_all(store: Store, keyring: Keyring, *, actor: Actor,
 
     counts = await store.count_by_kek_version()
     total = sum(c for v, c in counts.items() if v != target)
-    done = 0
+    done = await store.rewrap_mfa(target, lambda principal, wrapped: keyring.wrap_totp_seed(
+        principal, keyring.unwrap_totp_seed(principal, wrapped)))
     if progress:
         progress(done, total)
     while True:

@@ -6,6 +6,7 @@ here writes to the store or awaits Redis per request.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import math
 import secrets
 import time
@@ -53,15 +54,26 @@ class Authenticated(NamedTuple):
     body: bytes
 
 
+# upper bounds (seconds) of the latency histogram's buckets; the last one is +Inf
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                   2.5, 5.0, 10.0)
+
+
 @dataclass(slots=True)
 class Counters:
     """Plain counters, rendered only when /metrics is scraped."""
 
     requests: dict[tuple[str, int, str], int] = field(default_factory=dict)
+    latency: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
+    latency_sum: float = 0.0
 
     def count(self, route: str, status: int, outcome: str) -> None:
         key = (route, status, outcome)
         self.requests[key] = self.requests.get(key, 0) + 1
+
+    def observe(self, seconds: float) -> None:
+        self.latency[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.latency_sum += seconds
 
 
 class DataPlane:
@@ -93,20 +105,25 @@ class DataPlane:
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         now = time.time()
-        response, key_id = await self._handle(request, now)
+        response, record = await self._handle(request, now)
+        elapsed = time.time() - now
+        self.counters.observe(elapsed)
         if self.access_log.enabled:
             self.access_log.write({
                 "at": now, "request_id": response.headers.get("X-Request-Id"),
                 "peer": request.remote, "method": request.method[:16],
-                "path": request.path[:256], "status": response.status, "key_id": key_id,
-                "ms": round((time.time() - now) * 1000, 3)})
+                "path": request.path[:256], "status": response.status,
+                "key_id": record.key_id if record else None,
+                "principal": record.principal if record else None,
+                "ms": round(elapsed * 1000, 3)})
         return response
 
     async def _handle(self, request: web.BaseRequest, now: float
-                      ) -> tuple[web.StreamResponse, str | None]:
+                      ) -> tuple[web.StreamResponse, KeyRecord | None]:
         request_id = request.headers.get("X-Request-Id") or self._new_request_id()
         answer = [("X-Request-Id", request_id)]
         route_name = "-"
+        record: KeyRecord | None = None
         try:
             # 1. size of the head, target form and the path rule (400) — before anything else
             headers = decoded_headers(request, self._max_headers)
@@ -131,7 +148,9 @@ class DataPlane:
                 now=now, answer=answer)
             record, facts, body = auth.record, auth.facts, auth.body
             if route is None:
-                return await self._reserved(request, path, record, answer), record.key_id
+                response = await self._reserved(request, path, record, answer)
+                self._count_use(request, record, route_name, response.status, now)
+                return response, record
             required = route.required_scope(request.method)
             if required is not None and not scope_allows(record.scopes, required):
                 raise GatewayError("scope_denied",
@@ -154,10 +173,19 @@ class DataPlane:
                           ("X-Request-Id", request_id)]), body)
             response = await self.forwarder.forward(request, route, upstream, answer)
             self.counters.count(route_name, response.status, "ok")
-            return response, record.key_id
+            self._count_use(request, record, route_name, response.status, now)
+            return response, record
         except GatewayError as exc:
             self.counters.count(route_name, exc.status, exc.code)
-            return error_response(exc, answer), None
+            if record is not None:  # refused after the key proved itself (scope, upstream)
+                self._count_use(request, record, route_name, exc.status, now)
+            return error_response(exc, answer), record
+
+    def _count_use(self, request: web.BaseRequest, record: KeyRecord, route: str, status: int,
+                   now: float) -> None:
+        client = self.trusted.client_address(_peer(request),
+                                             request.headers.get("X-Forwarded-For"))
+        self.usage.count(record.key_id, route, status, client, now)
 
     async def authenticate(self, request: web.BaseRequest, headers: tuple[tuple[str, str], ...],
                            *, policy: Policy, max_body: int, replay: bool, now: float,

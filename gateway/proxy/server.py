@@ -1,6 +1,6 @@
 """The processes and listeners: the data plane on aiohttp's low-level server (its
-hardened llhttp parsing and limits, without the router), the admin listener for
-health, readiness and metrics, background tasks, graceful shutdown, and workers.
+hardened llhttp parsing and limits, without the router), the admin listener
+(:mod:`gateway.admin`), background tasks, graceful shutdown, and workers.
 
 Even aiohttp's own parse errors are answered with the catalogue's JSON (DESIGN §3.4).
 """
@@ -20,11 +20,11 @@ from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
+from ..admin import admin_app
 from ..config import Config
 from ..kek import load_keyring
 from ..store import Store, open_store
 from .accesslog import AccessLog
-from .admin import admin_app
 from .forward import Forwarder, SessionForwarder
 from .keycache import KeyCache
 from .lean import LeanForwarder
@@ -97,6 +97,15 @@ class _Server(web.Server):
         return handler
 
 
+class _JsonAppRunner(web.AppRunner):
+    """The admin listener's runner: its aiohttp parse errors are JSON too (DESIGN §3.4)."""
+
+    async def _make_server(self) -> web.Server:
+        made = await super()._make_server()
+        return _Server(made.request_handler, request_factory=made.request_factory,
+                       loop=made._loop, **made._kwargs)
+
+
 def parse_listen(listen: str) -> tuple[str, int]:
     """``host:port`` or ``[v6]:port``."""
     host, _, port = listen.rpartition(":")
@@ -109,12 +118,12 @@ class Gateway:
     def __init__(self, config: Config, store: Store) -> None:
         self.config = config
         self.store = store
-        keyring = load_keyring(config.kek.keyring)
+        self.keyring = load_keyring(config.kek.keyring)
         self.shared = SharedTier(config.redis) if config.redis is not None else None
         if self.shared is not None:  # every committed change, announced to every instance
             store.change_listener = self.shared.publish_changes
         c = config.cache
-        self.cache = KeyCache(store, keyring, ttl=c.ttl, negative_ttl=c.negative_ttl,
+        self.cache = KeyCache(store, self.keyring, ttl=c.ttl, negative_ttl=c.negative_ttl,
                               max_entries=c.max_entries, serve_stale=c.serve_stale,
                               inactivity=config.policy.inactivity, shared=self.shared)
         self.usage = UsageRecorder(store)
@@ -127,7 +136,7 @@ class Gateway:
         self._tasks: list[asyncio.Task[None]] = []
         self._servers: list[asyncio.AbstractServer] = []
         self._low_level: _Server | None = None
-        self._admin: web.AppRunner | None = None
+        self._admin: _JsonAppRunner | None = None
 
     async def start(self, sock: socket.socket | None = None) -> None:
         s = self.config.server
@@ -152,7 +161,9 @@ class Gateway:
             server = await loop.create_server(self._low_level, sock=sock, ssl=ssl_context,
                                               backlog=1024)
         self._servers.append(server)
-        self._admin = web.AppRunner(admin_app(self), access_log=None)
+        self._admin = _JsonAppRunner(admin_app(self), access_log=None,
+                                     max_line_size=s.max_request_line,
+                                     max_field_size=s.max_headers)
         await self._admin.setup()
         host, port = parse_listen(self.config.admin.listen)
         await web.TCPSite(self._admin, host, port, reuse_port=sock is not None).start()

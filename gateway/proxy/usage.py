@@ -1,5 +1,10 @@
 """Usage aggregated in memory and flushed to the store in batches (DESIGN §6):
-nothing on the request path writes to the store."""
+nothing on the request path writes to the store or awaits anything.
+
+Two aggregates: the last use of each key (``last_used_at``), and request counts per
+key, minute, route prefix, status and client address (``key_usage``, the admin API's
+``requests_last_hour`` and ``activity``). A flush that fails keeps both for the next.
+"""
 
 from __future__ import annotations
 
@@ -7,32 +12,53 @@ import asyncio
 import logging
 from datetime import UTC, datetime
 
-from ..store import Store, StoreError
+from ..store import Store, StoreError, UsageCount
 
 __all__ = ["UsageRecorder"]
 
 log = logging.getLogger("gateway.usage")
+
+# (key_id, minute as epoch seconds, route prefix, status, client address)
+CountKey = tuple[str, int, str, int, str]
 
 
 class UsageRecorder:
     def __init__(self, store: Store) -> None:
         self._store = store
         self._last_used: dict[str, float] = {}
+        self._counts: dict[CountKey, int] = {}
+        self.flush_errors = 0
 
     def record(self, key_id: str, now: float) -> None:
         self._last_used[key_id] = now
 
+    def count(self, key_id: str, route: str, status: int, source: str, now: float) -> None:
+        """One answered request of a key whose signature verified."""
+        key = (key_id, int(now) // 60 * 60, route, status, source)
+        self._counts[key] = self._counts.get(key, 0) + 1
+
     async def flush(self) -> None:
-        if not self._last_used:
-            return
-        pending, self._last_used = self._last_used, {}
-        uses = {k: datetime.fromtimestamp(t, UTC) for k, t in pending.items()}
-        try:
-            await self._store.touch_last_used(uses)
-        except StoreError as exc:  # keep them for the next flush
-            log.warning("usage flush failed: %s", exc)
-            for key_id, t in pending.items():
-                self._last_used[key_id] = max(t, self._last_used.get(key_id, 0.0))
+        if self._last_used:
+            pending, self._last_used = self._last_used, {}
+            try:
+                await self._store.touch_last_used(
+                    {k: datetime.fromtimestamp(t, UTC) for k, t in pending.items()})
+            except StoreError as exc:  # keep them for the next flush
+                self.flush_errors += 1
+                log.warning("usage flush failed: %s", exc)
+                for key_id, t in pending.items():
+                    self._last_used[key_id] = max(t, self._last_used.get(key_id, 0.0))
+        if self._counts:
+            counts, self._counts = self._counts, {}
+            try:
+                await self._store.add_usage([
+                    UsageCount(k, datetime.fromtimestamp(m, UTC), r, s, src, n)
+                    for (k, m, r, s, src), n in counts.items()])
+            except StoreError as exc:
+                self.flush_errors += 1
+                log.warning("usage counts flush failed: %s", exc)
+                for key, n in counts.items():
+                    self._counts[key] = self._counts.get(key, 0) + n
 
     async def run(self, interval: float) -> None:
         try:

@@ -6,9 +6,20 @@
 from __future__ import annotations
 
 from gateway.config import ConfigError
-from gateway.store.base import KeyFilter, Page, Store, StoreError, Transaction
+from gateway.store.base import (
+    Activity,
+    AuditFilter,
+    KeyFilter,
+    MfaEnrolment,
+    Page,
+    Store,
+    StoreError,
+    Transaction,
+    UsageCount,
+)
 
-__all__ = ["KeyFilter", "Page", "Store", "StoreError", "Transaction", "open_store"]
+__all__ = ["Activity", "AuditFilter", "KeyFilter", "MfaEnrolment", "Page", "Store",
+           "StoreError", "Transaction", "UsageCount", "open_store"]
 
 
 async def open_store(url: str) -> Store:

@@ -33,12 +33,16 @@ log = logging.getLogger("gateway.store")
 
 __all__ = [
     "ChangeListener",
+    "Activity",
+    "AuditFilter",
     "KeyFilter",
+    "MfaEnrolment",
     "Page",
     "Rewrap",
     "Store",
     "StoreError",
     "Transaction",
+    "UsageCount",
 ]
 
 # key_id -> its record's wrapped secret -> the same secret wrapped under the target version
@@ -84,6 +88,54 @@ class Page:
     next_cursor: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class AuditFilter:
+    """``GET /v1/audit`` and ``gateway audit list``: ``key_id`` matches the target or the
+    acting key, ``actor`` the acting principal or key ID; ``since`` ≤ at < ``until``."""
+
+    target: str | None = None
+    action: str | None = None
+    key_id: str | None = None
+    actor: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UsageCount:
+    """Requests of one key in one minute, by route prefix, status and client address."""
+
+    key_id: str
+    minute: datetime
+    route: str
+    status: int
+    source: str
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class Activity:
+    """``GET /v1/keys/{id}/activity``: counts per (route, status) and per source address."""
+
+    routes: list[tuple[str, int, int]]
+    sources: list[tuple[str, int]]
+
+    @property
+    def total(self) -> int:
+        return sum(n for _, _, n in self.routes)
+
+
+@dataclass(frozen=True, slots=True)
+class MfaEnrolment:
+    """A principal's TOTP seed, wrapped under the KEK; ``last_step`` is the highest
+    RFC 6238 time step accepted so far (a code is never accepted twice)."""
+
+    principal: str
+    wrapped: WrappedSecret
+    created_at: datetime
+    last_step: int = 0
+
+
 class Transaction(ABC):
     """Writes inside one database transaction."""
 
@@ -112,6 +164,10 @@ class Transaction(ABC):
     @abstractmethod
     async def add_changes(self, changes: Sequence[tuple[str, str, datetime]]) -> None:
         """Append ``(key_id, kind, at)`` rows to ``key_changes``."""
+
+    @abstractmethod
+    async def insert_mfa(self, enrolment: MfaEnrolment) -> bool:
+        """Enrol a principal; False (and nothing written) when it is already enrolled."""
 
 
 ChangeListener = Callable[[list[str]], Awaitable[None]]
@@ -157,9 +213,34 @@ class Store(ABC):
         """Keys in (created_at, key_id) order; ``next_cursor`` continues after the last."""
 
     @abstractmethod
+    async def count_keys(self, where: KeyFilter, *, now: datetime, inactivity: float) -> int:
+        """How many keys match (``/metrics``: keys by status)."""
+
     async def list_audit(self, *, target: str | None = None, action: str | None = None,
                          limit: int = 100) -> list[AuditEntry]:
         """Audit items, oldest first."""
+        return await self.find_audit(AuditFilter(target=target, action=action), limit=limit)
+
+    @abstractmethod
+    async def find_audit(self, where: AuditFilter, *, limit: int = 100,
+                         after: int | None = None) -> list[AuditEntry]:
+        """Audit items matching ``where`` with ``id`` above ``after``, oldest first."""
+
+    @abstractmethod
+    async def add_usage(self, counts: Sequence[UsageCount]) -> None:
+        """Add the counts to ``key_usage`` (rows with the same key are summed)."""
+
+    @abstractmethod
+    async def activity(self, key_id: str, since: datetime) -> Activity:
+        """A key's usage from the minute containing ``since`` on."""
+
+    @abstractmethod
+    async def get_mfa(self, principal: str) -> MfaEnrolment | None: ...
+
+    @abstractmethod
+    async def use_mfa_step(self, principal: str, step: int) -> bool:
+        """Record ``step`` as used if it is above the last one used; False otherwise
+        (a reused or older code). Atomic, so two instances cannot both accept a code."""
 
     @abstractmethod
     async def max_change_seq(self) -> int:
@@ -174,7 +255,15 @@ class Store(ABC):
         """Batch-advance ``last_used_at`` (never moves it backwards)."""
 
     @abstractmethod
-    async def count_by_kek_version(self) -> dict[int, int]: ...
+    async def count_by_kek_version(self) -> dict[int, int]:
+        """Wrapped records (key secrets and MFA seeds) per KEK version."""
+
+    @abstractmethod
+    async def rewrap_mfa(self, target_version: int,
+                         rewrap: Callable[[str, WrappedSecret], WrappedSecret]) -> int:
+        """Re-wrap every MFA seed not under the target version (``rewrap(principal,
+        wrapped)``), in one transaction; the number re-wrapped. Seeds are few: one per
+        admin principal."""
 
     @abstractmethod
     async def rewrap_batch(self, target_version: int, limit: int, rewrap: Rewrap,
@@ -258,6 +347,28 @@ def filter_sql(where: KeyFilter, now: datetime, inactivity: float,
         conds.append(deadline)
     if where.status is not None:
         conds.append(_status_sql(where.status, now, inactivity, param))
+    return conds
+
+
+def audit_sql(where: AuditFilter, after: int | None, param: Callable[[Any], str]) -> list[str]:
+    """SQL conditions for an audit filter (``param`` as in :func:`filter_sql`)."""
+    conds: list[str] = []
+    if where.target is not None:
+        conds.append(f"target = {param(where.target)}")
+    if where.action is not None:
+        conds.append(f"action = {param(where.action)}")
+    if where.key_id is not None:
+        k = param(where.key_id)
+        conds.append(f"(target = {k} OR actor_key_id = {k})")
+    if where.actor is not None:
+        a = param(where.actor)
+        conds.append(f"(actor_principal = {a} OR actor_key_id = {a})")
+    if where.since is not None:
+        conds.append(f"at >= {param(where.since)}")
+    if where.until is not None:
+        conds.append(f"at < {param(where.until)}")
+    if after is not None:
+        conds.append(f"id > {param(after)}")
     return conds
 
 

@@ -2,7 +2,10 @@
 
 A migration is never edited once released: add a new version instead. DESIGN.md
 §9 asks for ``rate_limit`` and ``source_cidrs`` from the start, so later issues
-need no migration for them.
+need no migration for them. Version 2 (the admin API): per-minute usage counts
+per key, route, status and source address (``GET /v1/keys/{id}/activity``), TOTP
+enrolments (seed wrapped under the KEK, last accepted time step), and audit indexes
+for the actor filters.
 """
 
 from __future__ import annotations
@@ -57,6 +60,29 @@ SQLITE_MIGRATIONS: tuple[Migration, ...] = (
             at     TEXT NOT NULL
         )""",
     )),
+    (2, (
+        """CREATE TABLE key_usage (
+            key_id  TEXT NOT NULL,
+            minute  TEXT NOT NULL,                  -- start of the minute, fixed-width RFC 3339
+            route   TEXT NOT NULL,                  -- the configured route prefix
+            status  INTEGER NOT NULL,
+            source  TEXT NOT NULL,                  -- client address
+            count   INTEGER NOT NULL,
+            PRIMARY KEY (key_id, minute, route, status, source)
+        )""",
+        "CREATE INDEX key_usage_minute ON key_usage (minute)",
+        """CREATE TABLE mfa_enrolments (
+            principal   TEXT PRIMARY KEY,
+            kek_version INTEGER NOT NULL,
+            nonce       BLOB NOT NULL,
+            ciphertext  BLOB NOT NULL,              -- the TOTP seed, wrapped like secrets
+            created_at  TEXT NOT NULL,
+            last_step   INTEGER NOT NULL            -- highest accepted time step (no reuse)
+        )""",
+        "CREATE INDEX audit_actor_principal ON audit (actor_principal, id)",
+        "CREATE INDEX audit_actor_key ON audit (actor_key_id, id)",
+        "CREATE INDEX audit_at ON audit (at, id)",
+    )),
 )
 
 POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
@@ -104,5 +130,28 @@ POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
             kind   text NOT NULL,
             at     timestamptz NOT NULL
         )""",
+    )),
+    (2, (
+        """CREATE TABLE key_usage (
+            key_id  text NOT NULL,
+            minute  timestamptz NOT NULL,
+            route   text NOT NULL,
+            status  integer NOT NULL,
+            source  text NOT NULL,
+            count   bigint NOT NULL,
+            PRIMARY KEY (key_id, minute, route, status, source)
+        )""",
+        "CREATE INDEX key_usage_minute ON key_usage (minute)",
+        """CREATE TABLE mfa_enrolments (
+            principal   text PRIMARY KEY,
+            kek_version integer NOT NULL,
+            nonce       bytea NOT NULL,
+            ciphertext  bytea NOT NULL,
+            created_at  timestamptz NOT NULL,
+            last_step   bigint NOT NULL
+        )""",
+        "CREATE INDEX audit_actor_principal ON audit (actor_principal, id)",
+        "CREATE INDEX audit_actor_key ON audit (actor_key_id, id)",
+        "CREATE INDEX audit_at ON audit (at, id)",
     )),
 )

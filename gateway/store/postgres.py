@@ -9,7 +9,7 @@ one transaction-scoped advisory lock first, so seq order is commit order
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
@@ -23,12 +23,17 @@ from gateway.keys.record import AuditEntry, KeyChange, KeyRecord, WrappedSecret
 from gateway.store.base import (
     KEY_COLUMNS,
     MUTABLE_COLUMNS,
+    Activity,
+    AuditFilter,
     KeyFilter,
+    MfaEnrolment,
     Page,
     Rewrap,
     Store,
     StoreError,
     Transaction,
+    UsageCount,
+    audit_sql,
     decode_cursor,
     encode_cursor,
     filter_sql,
@@ -123,6 +128,16 @@ class _PostgresTx(Transaction):
             "INSERT INTO key_changes (key_id, kind, at) "
             "SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[])",
             [c[0] for c in changes], [c[1] for c in changes], [c[2] for c in changes])
+
+
+    async def insert_mfa(self, enrolment: MfaEnrolment) -> bool:
+        w = enrolment.wrapped
+        status = await self._c.execute(
+            "INSERT INTO mfa_enrolments (principal, kek_version, nonce, ciphertext, created_at, "
+            "last_step) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (principal) DO NOTHING",
+            enrolment.principal, w.kek_version, w.nonce, w.ciphertext, enrolment.created_at,
+            enrolment.last_step)
+        return bool(status == "INSERT 0 1")
 
 
 class PostgresStore(Store):
@@ -223,16 +238,74 @@ class PostgresStore(Store):
         items = [_decode(r) for r in rows[:limit]]
         return Page(items, encode_cursor(items[-1]) if len(rows) > limit else None)
 
-    async def list_audit(self, *, target: str | None = None, action: str | None = None,
-                         limit: int = 100) -> list[AuditEntry]:
+    async def count_keys(self, where: KeyFilter, *, now: datetime, inactivity: float) -> int:
+        params: list[Any] = []
+
+        def param(value: Any) -> str:
+            params.append(value)
+            return f"${len(params)}"
+
+        conds = filter_sql(where, now, inactivity, param)
+        async with self._conn() as c:
+            return int(await c.fetchval(
+                f"SELECT COUNT(*) FROM keys {'WHERE ' + ' AND '.join(conds) if conds else ''}",
+                *params))
+
+    async def find_audit(self, where: AuditFilter, *, limit: int = 100,
+                         after: int | None = None) -> list[AuditEntry]:
+        params: list[Any] = []
+
+        def param(value: Any) -> str:
+            params.append(value)
+            return f"${len(params)}"
+
+        conds = audit_sql(where, after, param)
         async with self._conn() as c:
             rows = await c.fetch(
-                "SELECT * FROM audit WHERE ($1::text IS NULL OR target = $1) AND "
-                "($2::text IS NULL OR action = $2) ORDER BY id LIMIT $3", target, action, limit)
+                f"SELECT * FROM audit {'WHERE ' + ' AND '.join(conds) if conds else ''} "
+                f"ORDER BY id LIMIT {int(limit)}", *params)
         return [AuditEntry(id=r["id"], at=r["at"], actor_key_id=r["actor_key_id"],
                            actor_principal=r["actor_principal"], action=r["action"],
                            target=r["target"], source=r["source"], outcome=r["outcome"],
                            details=orjson.loads(r["details"])) for r in rows]
+
+    async def add_usage(self, counts: Sequence[UsageCount]) -> None:
+        async with self._conn() as c:
+            await c.execute(
+                "INSERT INTO key_usage (key_id, minute, route, status, source, count) "
+                "SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::int[], "
+                "$5::text[], $6::bigint[]) ON CONFLICT (key_id, minute, route, status, source) "
+                "DO UPDATE SET count = key_usage.count + excluded.count",
+                [u.key_id for u in counts], [u.minute for u in counts],
+                [u.route for u in counts], [u.status for u in counts],
+                [u.source for u in counts], [u.count for u in counts])
+
+    async def activity(self, key_id: str, since: datetime) -> Activity:
+        start = since.replace(second=0, microsecond=0)
+        async with self._conn() as c:
+            routes = await c.fetch(
+                "SELECT route, status, SUM(count) AS n FROM key_usage WHERE key_id = $1 AND "
+                "minute >= $2 GROUP BY route, status ORDER BY route, status", key_id, start)
+            sources = await c.fetch(
+                "SELECT source, SUM(count) AS n FROM key_usage WHERE key_id = $1 AND "
+                "minute >= $2 GROUP BY source ORDER BY source", key_id, start)
+        return Activity([(r["route"], int(r["status"]), int(r["n"])) for r in routes],
+                        [(r["source"], int(r["n"])) for r in sources])
+
+    async def get_mfa(self, principal: str) -> MfaEnrolment | None:
+        async with self._conn() as c:
+            r = await c.fetchrow("SELECT * FROM mfa_enrolments WHERE principal = $1", principal)
+        if r is None:
+            return None
+        return MfaEnrolment(r["principal"], WrappedSecret(r["kek_version"], bytes(r["nonce"]),
+                                                          bytes(r["ciphertext"])),
+                            r["created_at"], int(r["last_step"]))
+
+    async def use_mfa_step(self, principal: str, step: int) -> bool:
+        async with self._conn() as c:
+            status = await c.execute("UPDATE mfa_enrolments SET last_step = $1 "
+                                     "WHERE principal = $2 AND last_step < $1", step, principal)
+        return bool(status == "UPDATE 1")
 
     async def max_change_seq(self) -> int:
         async with self._conn() as c:
@@ -254,8 +327,24 @@ class PostgresStore(Store):
 
     async def count_by_kek_version(self) -> dict[int, int]:
         async with self._conn() as c:
-            rows = await c.fetch("SELECT kek_version, COUNT(*) FROM keys GROUP BY kek_version")
+            rows = await c.fetch(
+                "SELECT kek_version, COUNT(*) FROM (SELECT kek_version FROM keys UNION ALL "
+                "SELECT kek_version FROM mfa_enrolments) AS w GROUP BY kek_version")
         return {int(r[0]): int(r[1]) for r in rows}
+
+    async def rewrap_mfa(self, target_version: int,
+                         rewrap: Callable[[str, WrappedSecret], WrappedSecret]) -> int:
+        async with self._conn() as c, c.transaction():
+            rows = await c.fetch("SELECT principal, kek_version, nonce, ciphertext FROM "
+                                 "mfa_enrolments WHERE kek_version <> $1 FOR UPDATE",
+                                 target_version)
+            for r in rows:
+                new = rewrap(r["principal"], WrappedSecret(r["kek_version"], bytes(r["nonce"]),
+                                                           bytes(r["ciphertext"])))
+                await c.execute("UPDATE mfa_enrolments SET kek_version = $1, nonce = $2, "
+                                "ciphertext = $3 WHERE principal = $4", new.kek_version,
+                                new.nonce, new.ciphertext, r["principal"])
+            return len(rows)
 
     async def rewrap_batch(self, target_version: int, limit: int, rewrap: Rewrap,
                            at: datetime) -> int:

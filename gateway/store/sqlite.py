@@ -24,12 +24,17 @@ from gateway.keys.record import AuditEntry, KeyChange, KeyRecord, WrappedSecret
 from gateway.store.base import (
     KEY_COLUMNS,
     MUTABLE_COLUMNS,
+    Activity,
+    AuditFilter,
     KeyFilter,
+    MfaEnrolment,
     Page,
     Rewrap,
     Store,
     StoreError,
     Transaction,
+    UsageCount,
+    audit_sql,
     decode_cursor,
     encode_cursor,
     filter_sql,
@@ -130,6 +135,15 @@ class _SQLiteTx(Transaction):
         rows = [(k, kind, _t(at)) for k, kind, at in changes]
         await self._s._run(lambda c: c.executemany(
             "INSERT INTO key_changes (key_id, kind, at) VALUES (?, ?, ?)", rows))
+
+
+    async def insert_mfa(self, enrolment: MfaEnrolment) -> bool:
+        w = enrolment.wrapped
+        row = (enrolment.principal, w.kek_version, w.nonce, w.ciphertext,
+               _t(enrolment.created_at), enrolment.last_step)
+        return await self._s._run(lambda c: c.execute(
+            "INSERT OR IGNORE INTO mfa_enrolments (principal, kek_version, nonce, ciphertext, "
+            "created_at, last_step) VALUES (?, ?, ?, ?, ?, ?)", row).rowcount == 1)
 
 
 class SQLiteStore(Store):
@@ -254,13 +268,26 @@ class SQLiteStore(Store):
         items = [_decode(r) for r in rows[:limit]]
         return Page(items, encode_cursor(items[-1]) if len(rows) > limit else None)
 
-    async def list_audit(self, *, target: str | None = None, action: str | None = None,
-                         limit: int = 100) -> list[AuditEntry]:
-        conds, params = [], []
-        for column, value in (("target", target), ("action", action)):
-            if value is not None:
-                conds.append(f"{column} = ?")
-                params.append(value)
+    async def count_keys(self, where: KeyFilter, *, now: datetime, inactivity: float) -> int:
+        params: list[Any] = []
+
+        def param(value: Any) -> str:
+            params.append(_bind(value))
+            return f"?{len(params)}"
+
+        conds = filter_sql(where, now, inactivity, param)
+        sql = f"SELECT COUNT(*) FROM keys {'WHERE ' + ' AND '.join(conds) if conds else ''}"
+        return await self._locked(lambda c: int(c.execute(sql, params).fetchone()[0]))
+
+    async def find_audit(self, where: AuditFilter, *, limit: int = 100,
+                         after: int | None = None) -> list[AuditEntry]:
+        params: list[Any] = []
+
+        def param(value: Any) -> str:
+            params.append(_bind(value))
+            return f"?{len(params)}"
+
+        conds = audit_sql(where, after, param)
         sql = ("SELECT id, at, actor_key_id, actor_principal, action, target, source, outcome, "
                f"details FROM audit {'WHERE ' + ' AND '.join(conds) if conds else ''} "
                f"ORDER BY id LIMIT {int(limit)}")
@@ -268,6 +295,42 @@ class SQLiteStore(Store):
         return [AuditEntry(id=r[0], at=datetime.fromisoformat(r[1]), actor_key_id=r[2],
                            actor_principal=r[3], action=r[4], target=r[5], source=r[6],
                            outcome=r[7], details=orjson.loads(r[8])) for r in rows]
+
+    async def add_usage(self, counts: Sequence[UsageCount]) -> None:
+        rows = [(u.key_id, _t(u.minute), u.route, u.status, u.source, u.count) for u in counts]
+        await self._locked(lambda c: _in_transaction(c, lambda c: c.executemany(
+            "INSERT INTO key_usage (key_id, minute, route, status, source, count) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (key_id, minute, route, status, source) "
+            "DO UPDATE SET count = count + excluded.count", rows)))
+
+    async def activity(self, key_id: str, since: datetime) -> Activity:
+        start = _t(since.replace(second=0, microsecond=0))
+
+        def run(c: sqlite3.Connection) -> Activity:
+            routes = c.execute(
+                "SELECT route, status, SUM(count) FROM key_usage WHERE key_id = ? AND "
+                "minute >= ? GROUP BY route, status ORDER BY route, status",
+                (key_id, start)).fetchall()
+            sources = c.execute(
+                "SELECT source, SUM(count) FROM key_usage WHERE key_id = ? AND minute >= ? "
+                "GROUP BY source ORDER BY source", (key_id, start)).fetchall()
+            return Activity([(r, int(st), int(n)) for r, st, n in routes],
+                            [(a, int(n)) for a, n in sources])
+        return await self._locked(run)
+
+    async def get_mfa(self, principal: str) -> MfaEnrolment | None:
+        row = await self._locked(lambda c: c.execute(
+            "SELECT principal, kek_version, nonce, ciphertext, created_at, last_step "
+            "FROM mfa_enrolments WHERE principal = ?", (principal,)).fetchone())
+        if row is None:
+            return None
+        return MfaEnrolment(row[0], WrappedSecret(row[1], bytes(row[2]), bytes(row[3])),
+                            datetime.fromisoformat(row[4]), int(row[5]))
+
+    async def use_mfa_step(self, principal: str, step: int) -> bool:
+        return await self._locked(lambda c: c.execute(
+            "UPDATE mfa_enrolments SET last_step = ? WHERE principal = ? AND last_step < ?",
+            (step, principal, step)).rowcount == 1)
 
     async def max_change_seq(self) -> int:
         return await self._locked(lambda c: int(c.execute(
@@ -288,8 +351,24 @@ class SQLiteStore(Store):
 
     async def count_by_kek_version(self) -> dict[int, int]:
         rows = await self._locked(lambda c: c.execute(
-            "SELECT kek_version, COUNT(*) FROM keys GROUP BY kek_version").fetchall())
+            "SELECT kek_version, COUNT(*) FROM (SELECT kek_version FROM keys UNION ALL "
+            "SELECT kek_version FROM mfa_enrolments) GROUP BY kek_version").fetchall())
         return {int(v): int(n) for v, n in rows}
+
+    async def rewrap_mfa(self, target_version: int,
+                         rewrap: Callable[[str, WrappedSecret], WrappedSecret]) -> int:
+        def run(c: sqlite3.Connection) -> int:
+            rows = c.execute("SELECT principal, kek_version, nonce, ciphertext FROM "
+                             "mfa_enrolments WHERE kek_version <> ?", (target_version,)
+                             ).fetchall()
+            updates = []
+            for principal, version, nonce, ct in rows:
+                new = rewrap(principal, WrappedSecret(version, bytes(nonce), bytes(ct)))
+                updates.append((new.kek_version, new.nonce, new.ciphertext, principal))
+            c.executemany("UPDATE mfa_enrolments SET kek_version = ?, nonce = ?, "
+                          "ciphertext = ? WHERE principal = ?", updates)
+            return len(updates)
+        return await self._locked(lambda c: _in_transaction(c, run))
 
     async def rewrap_batch(self, target_version: int, limit: int, rewrap: Rewrap,
                            at: datetime) -> int:
