@@ -38,7 +38,10 @@ segment = st.one_of(segment_text.map(lambda s: quote(s, safe="")),
 paths = st.lists(segment, min_size=0, max_size=5).map(lambda segs: "/" + "/".join(segs))
 query_text = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)),
                      max_size=10)
-pairs = st.lists(st.tuples(query_text.filter(bool), query_text), max_size=5)
+# (an X-Amz-* auth parameter in the query beside an Authorization header is, by rule,
+# ambiguous_auth: such keys are the presigned tests' business)
+pairs = st.lists(st.tuples(query_text.filter(lambda k: bool(k) and not k.startswith("X-Amz-")),
+                           query_text), max_size=5)
 header_names = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-", min_size=1,
                        max_size=12).filter(
     lambda n: n not in {"host", "authorization", "signature", "signature-input", "expect",
