@@ -65,6 +65,11 @@ def table(result: dict[str, Any]) -> str:
                      f"{_f(r['cpu_us_per_req'], '.1f'):>10}  {_f(lat['p50'], '.2f'):>7}  "
                      f"{_f(lat['p90'], '.2f'):>7}  {_f(lat['p99'], '.2f'):>7}  "
                      f"{_f(lat['p99.9'], '.2f'):>8}  {r['requests']:>9,}")
+    for name, r in rows.items():
+        per = [v for v in r.get("cpu_us_per_req_by_process", []) if v is not None]
+        if "--workers" in name and len(per) > 1:
+            lines.append(f"  {name}: CPU µs/req by process (workers first, then the master): "
+                         + " + ".join(f"{v:.1f}" for v in per))
     sweep = [(ld["label"], r) for ld in result["loads"] if ld["runs"] for r in ld["open"]]
     if sweep:
         lines.append("open loop (fixed arrival rate):")

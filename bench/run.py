@@ -91,7 +91,9 @@ class Runner:
         return int(load.rate * seconds * 2) + 2000
 
     def measure(self, load: Load, *, duration: float, rate: float = 0.0,
-                n: int | None = None) -> dict[str, Any]:
+                n: int | None = None, exhaust: bool = False) -> dict[str, Any]:
+        """One run; ``exhaust``: the pool is meant to run out (the many-keys warm-up
+        sends each key once and stops)."""
         unique = load.keys is not None
         if unique:
             pool = self.pool(load, n or self.sized(load, duration, rate))
@@ -100,6 +102,10 @@ class Runner:
         r = run_load(load.target, pool, body=self.s.body, unique=unique, duration=duration,
                      connections=self.st.connections, rate=rate, loadgen=self.loadgen)
         r["target"] = load.label
+        if exhaust and r["accounting"]["pool_exhausted"]:
+            acc = r["accounting"]
+            acc["ok"] = acc["non_2xx"] == 0 and 0 <= acc["in_flight_at_stop"] <= (
+                self.st.connections + 1)
         if rate == 0 and r["rps"]:
             load.rate = max(load.rate if load.runs else 0.0, r["rps"])
         if not r["accounting"]["ok"]:
@@ -164,10 +170,12 @@ class Runner:
             if load.spread and not self.s.cold:
                 n = len(load.keys or ())
                 log(f"warm-up {load.label}: one request for each of {n:,} keys")
-                r = self.measure(load, duration=min(300.0, max(5.0, n / 500)), n=n)
+                r = self.measure(load, duration=min(300.0, max(5.0, n / 500)), n=n,
+                                 exhaust=True)
             else:
                 log(f"warm-up {load.label}: {self.st.warmup:g} s")
-                r = self.measure(load, duration=self.st.warmup, n=40_000 if load.keys else None)
+                n = int(30_000 * self.st.warmup) + 1000  # enough for 30,000 req/s
+                r = self.measure(load, duration=self.st.warmup, n=n if load.keys else None)
             load.warm.append(r)
             log(f"  {r['rps']:,.0f} req/s")
 
@@ -181,11 +189,11 @@ class Runner:
                     f"p99 {r['latency_us']['p99'] / 1000:.2f} ms")
 
     def sweep(self, bare_max: float) -> None:
-        rates = [round(f * bare_max) for f in self.s.open_loop]
-        for rate in rates:
+        for fraction in self.s.open_loop:
+            rate = round(fraction * bare_max)
             for load in self.loads:
                 r = self.measure(load, duration=self.st.open_duration, rate=rate)
-                r["fraction_of_bare_max"] = rate / bare_max
+                r["fraction_of_bare_max"] = fraction
                 load.open.append(r)
                 lat = r["latency_us"]
                 log(f"open loop {rate:>6,} req/s {load.label:<22} p50 {lat['p50'] / 1000:.2f} "
@@ -200,7 +208,8 @@ class Runner:
         per = int(rate * self.st.open_duration)
         rounds = max(1, min(self.st.rounds, n_keys // max(1, per)))
         log(f"warm-up gateway (hot key): {self.st.warmup:g} s")
-        hot.warm.append(self.measure(hot, duration=self.st.warmup, n=40_000))
+        hot.warm.append(self.measure(hot, duration=self.st.warmup,
+                                     n=int(30_000 * self.st.warmup) + 1000))
         gw.offset = 1  # key 0 is the hot key: every cold request uses a fresh one
         for i in range(rounds):
             for load in (gw, hot):
@@ -245,6 +254,12 @@ def summarise(load: Load) -> dict[str, Any]:
                        for p in ("p50", "p90", "p99", "p99.9")},
         "loadgen_cpu_us_per_req": _median([r["loadgen_cpu_us_per_req"] for r in runs]),
         "requests": sum(r["requests"] for r in runs),
+        # each process of the front (nginx master + worker, gateway master + workers)
+        "cpu_us_per_req_by_process": [
+            _median([sorted(r["cpu_by_process_s"].values(), reverse=True)[i] * 1e6
+                     / r["requests"] for r in runs if r["requests"]
+                     and len(r["cpu_by_process_s"]) > i])
+            for i in range(max((len(r["cpu_by_process_s"]) for r in runs), default=0))],
         "mode": runs[0]["mode"] if runs else None,
     }
 
@@ -288,7 +303,7 @@ def latency_added(loads: list[Load]) -> list[dict[str, Any]]:
     if "gateway" not in by or "bare" not in by:
         return []
     for g, b in zip(by["gateway"].open, by["bare"].open):
-        if abs(b.get("fraction_of_bare_max", 0) - 0.5) < 1e-6:
+        if b.get("fraction_of_bare_max") == 0.5:
             added = (g["latency_us"]["p99"] - b["latency_us"]["p99"]) / 1000
             return [{"target": "p99 added by the gateway over the bare proxy at 50 % of its "
                      "max throughput ≤ 1 ms (open loop, ms)", "value": round(added, 3),
