@@ -34,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--keys", type=int, help="override the scenario's key count")
     run.add_argument("--cold-rate", type=float, default=200.0,
                      help="arrival rate of the cold-start scenarios (requests/s)")
+    run.add_argument("--gateway-src", type=Path, default=None,
+                     help="measure the `gateway serve` of another checkout (default: this one)")
     run.add_argument("--out", type=Path, default=Path(__file__).with_name("results"),
                      help="directory for the JSON file and the plot")
     run.add_argument("--no-plot", action="store_true")
@@ -63,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings(duration=args.duration, open_duration=args.open_duration,
                         rounds=args.rounds, connections=args.connections, warmup=args.warmup,
                         loadgen=args.loadgen, upstream=args.upstream, keys=args.keys,
-                        cold_rate=args.cold_rate)
+                        cold_rate=args.cold_rate,
+                        **({"gateway_src": args.gateway_src.resolve()} if args.gateway_src else {}))
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%S")
     stem = args.out / f"bench-{'+'.join(args.scenario)}-{stamp}"

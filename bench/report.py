@@ -56,7 +56,8 @@ def table(result: dict[str, Any]) -> str:
     lines = [f"== {result['scenario']['name']}: {result['scenario']['about']}",
              f"   load generator {result['loadgen']}, upstream {result['upstream']}, "
              f"{result['settings']['connections']} connections, "
-             f"{result['settings']['rounds']} interleaved rounds (medians)",
+             f"{result['settings']['rounds']} interleaved rounds (medians); gateway from "
+             f"{result.get('gateway_src')} at {str(result.get('gateway_commit'))[:10]}",
              f"{'target':<{width}}  {'mode':>6}  {'req/s':>9}  {'CPU µs/req':>10}  "
              f"{'p50 ms':>7}  {'p90 ms':>7}  {'p99 ms':>7}  {'p99.9 ms':>8}  {'requests':>9}"]
     for name, r in rows.items():

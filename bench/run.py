@@ -7,6 +7,7 @@ most once; baselines replay one such request (they check nothing that would care
 
 from __future__ import annotations
 
+import hashlib
 import statistics
 import sys
 import tempfile
@@ -38,6 +39,7 @@ class Settings:
     cache_dir: Path = Path(tempfile.gettempdir()) / "gateway-bench-cache"
     cold_rate: float = 200.0
     keys: int | None = None  # override the scenario's key count (smoke test)
+    gateway_src: Path = T.ROOT  # the checkout whose `gateway serve` is measured
 
 
 def log(text: str) -> None:
@@ -121,7 +123,9 @@ class Runner:
         if s.store == "postgresql":
             self.keyset: KeySet = postgres_keyset(self.dir, n_keys)
         else:
-            self.keyset = sqlite_keyset(st.cache_dir, n_keys)
+            cache = st.cache_dir if st.gateway_src == T.ROOT else (
+                st.cache_dir / "src-" + hashlib.sha1(str(st.gateway_src).encode()).hexdigest()[:10])  # its own migrations
+            self.keyset = sqlite_keyset(cache, n_keys)
         self.single = make_pool(self.dir / "single.bin", scheme=s.scheme,
                                 keys=self.keyset.keys[:1], n=1, body_size=s.body)
         log(f"upstream: {self.upstream_kind}; load generator: {self.loadgen}")
@@ -147,7 +151,7 @@ class Runner:
             gw = self.spawn(T.start_gateway(
                 self.dir, f"gateway-w{workers}", direct.url, store_url=self.keyset.store_url,
                 keyring=self.keyset.keyring, replay=s.replay, workers=workers,
-                cache_ttl=s.cache_ttl, body_limit=s.body))
+                cache_ttl=s.cache_ttl, body_limit=s.body, src=st.gateway_src))
             if s.hot_too:
                 self.loads.append(Load(label + " (hot key)", gw, keys=self.keyset.keys))
             self.loads.append(Load(
@@ -281,7 +285,7 @@ def run_scenario(scenario: Scenario, settings: Settings) -> dict[str, Any]:
         finally:
             runner.stop()
         checks = runner.access_log_check()
-        gateway_config = next((t.info.get("config") for t in runner.targets if t.unique), None)
+        gateway = next((t.info for t in runner.targets if t.unique), {})
     rows = {ld.label: summarise(ld) for ld in runner.loads}
     checks_of_targets = targets_check(rows, scenario) + latency_added(runner.loads)
     return {
@@ -291,7 +295,8 @@ def run_scenario(scenario: Scenario, settings: Settings) -> dict[str, Any]:
         "started": started, "seconds": time.time() - started,
         "rows": rows, "ratios": ratios(rows), "targets_check": checks_of_targets,
         "access_log_check": checks, "notes": runner.notes,
-        "gateway_config": gateway_config,
+        "gateway_config": gateway.get("config"), "gateway_src": gateway.get("src"),
+        "gateway_commit": gateway.get("commit"),
         "loads": [{"label": ld.label, "warm": ld.warm, "runs": ld.runs, "open": ld.open}
                   for ld in runner.loads],
     }

@@ -206,8 +206,10 @@ def start_nginx_proxy(workdir: Path, upstream_port: int, *, njs: bool) -> Target
 
 
 def start_gateway(workdir: Path, name: str, upstream: str, *, store_url: str, keyring: Path,
-                  replay: str, workers: int, cache_ttl: str, body_limit: int) -> Target:
-    """(d) ``gateway serve``; its access log (stdout) goes to ``NAME.access.jsonl``."""
+                  replay: str, workers: int, cache_ttl: str, body_limit: int,
+                  src: Path = ROOT) -> Target:
+    """(d) ``gateway serve``, imported from ``src`` (default: this checkout); its access
+    log (stdout) goes to ``NAME.access.jsonl``."""
     port, admin = free_port(), free_port()
     config = workdir / f"{name}.toml"
     config.write_text(f"""
@@ -235,6 +237,10 @@ max_body = {max(body_limit, 1024 * 1024) * 2}
 """)
     access = workdir / f"{name}.access.jsonl"
     target = _spawn(name, [sys.executable, "-m", "gateway.cli", "serve", "--config",
-                           str(config)], port, workdir, unique=True, stdout=access)
-    target.info = {"config": config.read_text(), "access_log": str(access)}
+                           str(config)], port, workdir, unique=True, stdout=access,
+                    env={"PYTHONPATH": str(src), "PYTHONDONTWRITEBYTECODE": "1"})
+    commit = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
+    target.info = {"config": config.read_text(), "access_log": str(access), "src": str(src),
+                   "commit": commit}
     return target
