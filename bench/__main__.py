@@ -4,6 +4,7 @@
     python -m bench run --scenario hot [--scenario many-keys ...] [--duration 5] [--rounds 3]
     python -m bench run --scenario main          # every scenario of the issue, in turn
     python -m bench micro                        # hot-path pieces in isolation, µs per op
+    python -m bench plot RESULTS.json            # the PNG again, from a run's JSON
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--out", type=Path, default=Path(__file__).with_name("results"),
                      help="directory for the JSON file and the plot")
     run.add_argument("--no-plot", action="store_true")
+    replot = sub.add_parser("plot", help="draw the PNG again from a run's JSON file")
+    replot.add_argument("json", type=Path)
     micro = sub.add_parser("micro", help="hot-path pieces in isolation, µs per operation")
     micro.add_argument("--seconds", type=float, default=0.3)
     micro.add_argument("--rounds", type=int, default=5)
@@ -56,6 +59,13 @@ def main(argv: list[str] | None = None) -> int:
         return micro_main(seconds=args.seconds, rounds=args.rounds, as_json=args.json)
 
     from .report import plot, table, write_json
+
+    if args.command == "plot":
+        import json
+
+        png = plot(json.loads(args.json.read_text())["results"], args.json.with_suffix(".png"))
+        print(f"plot: {png}")
+        return 0 if png else 1
     from .run import Settings, run_scenario
 
     names = [n for name in args.scenario for n in (MAIN if name == "main" else (name,))]

@@ -67,12 +67,12 @@ def sqlite_keyset(cache: Path, n: int) -> KeySet:
         keys = asyncio.run(_create(f"sqlite://{home / 'keys.db'}",
                                    load_keyring(home / "keyring.json"), n))
         done.write_text(json.dumps({"created": datetime.now(UTC).timestamp(), "keys": keys}))
-    keys = [tuple(k) for k in json.loads(done.read_text())["keys"]]
-    return KeySet(f"sqlite://{home / 'keys.db'}", home / "keyring.json", keys)  # type: ignore[arg-type]
+    keys = [(k[0], k[1]) for k in json.loads(done.read_text())["keys"]]
+    return KeySet(f"sqlite://{home / 'keys.db'}", home / "keyring.json", keys)
 
 
 async def _admin(sql: str) -> None:
-    import asyncpg
+    import asyncpg  # type: ignore[import-untyped]
 
     conn = await asyncpg.connect(DATABASE_URL)
     try:

@@ -44,7 +44,7 @@ def run_load(target: Target, pool: Path, *, body: int, unique: bool, duration: f
     by0 = target.cpu_by_process()
     cpu0, gen0 = target.cpu(), _children_cpu()
     done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True,
-                          timeout=duration + 60)
+                          timeout=duration + 60, check=False)
     cpu1, gen1 = target.cpu(), _children_cpu()
     by1 = target.cpu_by_process()
     line = next((ln for ln in done.stdout.splitlines() if ln.startswith("BENCH-JSON ")), None)

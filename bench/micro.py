@@ -44,7 +44,7 @@ def _headers(raw: bytes) -> tuple[tuple[str, str], ...]:
     return tuple((n, v.lstrip()) for n, _, v in (ln.partition(":") for ln in lines if ln))
 
 
-async def _cases(tmp: Path) -> tuple[dict[str, Callable[[], object]], KeyCache, list[object]]:
+async def _cases(tmp: Path) -> tuple[dict[str, Callable[[], object]], list[object]]:
     create_keyring_file(tmp / "keyring.json", Keyring.generate(datetime.now(UTC)))
     keyring = load_keyring(tmp / "keyring.json")
     store = await open_store(f"sqlite://{tmp / 'keys.db'}")
@@ -106,7 +106,7 @@ async def _cases(tmp: Path) -> tuple[dict[str, Callable[[], object]], KeyCache, 
                                                          option=orjson.OPT_APPEND_NEWLINE),
     }
     del loop
-    return cases, cache, [store]
+    return cases, [store]
 
 
 def _measure(fn: Callable[[], object], seconds: float) -> float:
@@ -121,7 +121,7 @@ def _measure(fn: Callable[[], object], seconds: float) -> float:
 def main(*, seconds: float = 0.3, rounds: int = 5, as_json: bool = False) -> int:
     async def run() -> dict[str, float]:
         with tempfile.TemporaryDirectory(prefix="bench-micro-") as tmp:
-            cases, cache, closers = await _cases(Path(tmp))
+            cases, closers = await _cases(Path(tmp))
             us: dict[str, list[float]] = {name: [] for name in cases}
             for r in range(rounds):  # interleaved: noise hits every case alike
                 for name, fn in cases.items():

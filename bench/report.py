@@ -18,7 +18,8 @@ __all__ = ["environment", "plot", "table"]
 
 def _version(argv: list[str]) -> str | None:
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=10,
+                              check=False)
     except (OSError, subprocess.TimeoutExpired):
         return None
     text = (done.stdout + done.stderr).strip().splitlines()
@@ -29,7 +30,7 @@ def environment() -> dict[str, Any]:
     cpu = next((ln.split(":", 1)[1].strip() for ln in
                 Path("/proc/cpuinfo").read_text().splitlines()
                 if ln.startswith("model name")), platform.processor())
-    packages = {}
+    packages: dict[str, str | None] = {}
     for name in ("aiohttp", "uvloop", "orjson", "cryptography", "asyncpg", "yarl",
                  "multidict", "httptools", "hmac-gateway", "matplotlib"):
         try:
@@ -54,12 +55,12 @@ def table(result: dict[str, Any]) -> str:
     rows = result["rows"]
     width = max([len(k) for k in rows] + [6])
     lines = [f"== {result['scenario']['name']}: {result['scenario']['about']}",
-             f"   load generator {result['loadgen']}, upstream {result['upstream']}, "
-             f"{result['settings']['connections']} connections, "
-             f"{result['settings']['rounds']} interleaved rounds (medians); gateway from "
-             f"{result.get('gateway_src')} at {str(result.get('gateway_commit'))[:10]}",
-             f"{'target':<{width}}  {'mode':>6}  {'req/s':>9}  {'CPU µs/req':>10}  "
-             f"{'p50 ms':>7}  {'p90 ms':>7}  {'p99 ms':>7}  {'p99.9 ms':>8}  {'requests':>9}"]
+             (f"   load generator {result['loadgen']}, upstream {result['upstream']}, "
+              f"{result['settings']['connections']} connections, "
+              f"{result['settings']['rounds']} interleaved rounds (medians); gateway from "
+              f"{result.get('gateway_src')} at {str(result.get('gateway_commit'))[:10]}"),
+             (f"{'target':<{width}}  {'mode':>6}  {'req/s':>9}  {'CPU µs/req':>10}  "
+              f"{'p50 ms':>7}  {'p90 ms':>7}  {'p99 ms':>7}  {'p99.9 ms':>8}  {'requests':>9}")]
     for name, r in rows.items():
         lat = r["latency_ms"]
         lines.append(f"{name:<{width}}  {r['mode'] or '-':>6}  {_f(r['rps'], ',.0f'):>9}  "
@@ -106,22 +107,24 @@ def plot(results: list[dict[str, Any]], path: Path) -> Path | None:
     sweeps = [r for r in results if any(ld["open"] and ld["runs"] for ld in r["loads"])]
     if not sweeps:
         return None
-    fig, axes = plt.subplots(1, len(sweeps), figsize=(7 * len(sweeps), 4.5), squeeze=False)
-    for ax, result in zip(axes[0], sweeps):
-        for n, load in enumerate(ld for ld in result["loads"] if ld["open"] and ld["runs"]):
-            xs = [r["offered_rps"] for r in load["open"]]
-            color = f"C{n}"
-            for pct, style in (("p50", ":"), ("p99", "-"), ("p99.9", "--")):
-                ax.plot(xs, [r["latency_us"][pct] / 1000 for r in load["open"]], style,
-                        marker="o", color=color, label=f"{load['label']} {pct}")
-        ax.set_yscale("log")
-        ax.set_xlabel("offered load (requests/s, open loop)")
-        ax.set_ylabel("latency (ms)")
-        ax.set_title(f"{result['scenario']['name']}: latency vs offered load")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7, ncol=2)
+    pcts = ("p50", "p99", "p99.9")
+    fig, axes = plt.subplots(len(sweeps), len(pcts), figsize=(15, 4.2 * len(sweeps)),
+                             squeeze=False)
+    for row, result in zip(axes, sweeps):
+        loads = [ld for ld in result["loads"] if ld["open"] and ld["runs"]]
+        for ax, pct in zip(row, pcts):
+            for n, load in enumerate(loads):
+                ax.plot([r["offered_rps"] for r in load["open"]],
+                        [r["latency_us"][pct] / 1000 for r in load["open"]], marker="o",
+                        color=f"C{n}", label=load["label"])
+            ax.set_yscale("log")
+            ax.set_xlabel("offered load (requests/s, open loop)")
+            ax.set_ylabel(f"{pct} latency (ms)")
+            ax.set_title(f"{result['scenario']['name']}: {pct} vs offered load")
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
 

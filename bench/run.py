@@ -123,8 +123,9 @@ class Runner:
         if s.store == "postgresql":
             self.keyset: KeySet = postgres_keyset(self.dir, n_keys)
         else:
-            cache = st.cache_dir if st.gateway_src == T.ROOT else (
-                st.cache_dir / "src-" + hashlib.sha1(str(st.gateway_src).encode()).hexdigest()[:10])  # its own migrations
+            # another checkout migrates its store its own way: a cache of its own
+            digest = hashlib.sha1(str(st.gateway_src).encode()).hexdigest()[:10]
+            cache = st.cache_dir if st.gateway_src == T.ROOT else st.cache_dir / f"src-{digest}"
             self.keyset = sqlite_keyset(cache, n_keys)
         self.single = make_pool(self.dir / "single.bin", scheme=s.scheme,
                                 keys=self.keyset.keys[:1], n=1, body_size=s.body)
@@ -236,7 +237,8 @@ class Runner:
                 continue
             runs = [r for ld in self.loads if ld.target is t
                     for r in ld.warm + ld.runs + ld.open]
-            lines = sum(1 for _ in open(str(t.info["access_log"]), "rb"))
+            with open(str(t.info["access_log"]), "rb") as f:
+                lines = sum(1 for _ in f)
             completed = sum(r["requests"] for r in runs)
             sent = sum(r["sent"] for r in runs)
             out.append({"target": t.name, "sent": sent, "completed": completed,

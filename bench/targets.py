@@ -240,7 +240,7 @@ max_body = {max(body_limit, 1024 * 1024) * 2}
                            str(config)], port, workdir, unique=True, stdout=access,
                     env={"PYTHONPATH": str(src), "PYTHONDONTWRITEBYTECODE": "1"})
     commit = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
+                            text=True, check=False).stdout.strip()
     target.info = {"config": config.read_text(), "access_log": str(access), "src": str(src),
                    "commit": commit}
     return target
