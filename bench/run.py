@@ -90,7 +90,9 @@ class Runner:
     def sized(self, load: Load, seconds: float, rate: float = 0.0) -> int:
         if rate:
             return int(rate * seconds * 1.2) + 200
-        return int(load.rate * seconds * 2) + 2000
+        # the fastest any load on this target went: a cold warm-up says little
+        fastest = max(ld.rate for ld in self.loads if ld.target is load.target)
+        return int(fastest * seconds * 2) + 2000
 
     def measure(self, load: Load, *, duration: float, rate: float = 0.0,
                 n: int | None = None, exhaust: bool = False) -> dict[str, Any]:
@@ -108,7 +110,7 @@ class Runner:
             acc = r["accounting"]
             acc["ok"] = acc["non_2xx"] == 0 and 0 <= acc["in_flight_at_stop"] <= (
                 self.st.connections + 1)
-        if rate == 0 and r["rps"]:
+        if rate == 0 and r["rps"] and not exhaust:
             load.rate = max(load.rate if load.runs else 0.0, r["rps"])
         if not r["accounting"]["ok"]:
             self.notes.append(f"{load.label}: accounting not clean in one run: "
