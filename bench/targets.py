@@ -103,10 +103,12 @@ class Target:
 
 
 def _spawn(name: str, argv: list[str], port: int, workdir: Path, *, unique: bool = False,
-           stdout: Path | None = None, env: dict[str, str] | None = None) -> Target:
+           stdout: Path | None = None, env: dict[str, str] | None = None,
+           cwd: Path = ROOT) -> Target:
     log = workdir / f"{name}.log"
     with log.open("wb") as err, (stdout or Path(os.devnull)).open("wb") as out:
-        proc = subprocess.Popen(argv, cwd=ROOT, stdout=out, stderr=err,
+        # `python -m` puts the working directory first on sys.path: it picks the checkout
+        proc = subprocess.Popen(argv, cwd=cwd, stdout=out, stderr=err,
                                 env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -238,7 +240,7 @@ max_body = {max(body_limit, 1024 * 1024) * 2}
     access = workdir / f"{name}.access.jsonl"
     target = _spawn(name, [sys.executable, "-m", "gateway.cli", "serve", "--config",
                            str(config)], port, workdir, unique=True, stdout=access,
-                    env={"PYTHONPATH": str(src), "PYTHONDONTWRITEBYTECODE": "1"})
+                    env={"PYTHONPATH": str(src), "PYTHONDONTWRITEBYTECODE": "1"}, cwd=src)
     commit = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True,
                             text=True, check=False).stdout.strip()
     target.info = {"config": config.read_text(), "access_log": str(access), "src": str(src),
