@@ -60,15 +60,12 @@ class _Parser:
     def fail(self, what: str) -> SFVError:
         return SFVError(f"{what} at character {self.i}")
 
-    def peek(self) -> str:
-        return self.s[self.i] if self.i < len(self.s) else ""
-
     def skip_sp(self) -> None:
-        while self.peek() == " ":
+        while self.s[self.i:self.i + 1] == " ":
             self.i += 1
 
     def skip_ows(self) -> None:
-        while self.peek() in (" ", "\t"):
+        while self.s[self.i:self.i + 1] in (" ", "\t"):
             self.i += 1
 
     def key(self) -> str:
@@ -80,12 +77,12 @@ class _Parser:
 
     def params(self) -> Params:
         out: dict[str, object] = {}
-        while self.peek() == ";":
+        while self.s[self.i:self.i + 1] == ";":
             self.i += 1
             self.skip_sp()
             k = self.key()
             v: object = True
-            if self.peek() == "=":
+            if self.s[self.i:self.i + 1] == "=":
                 self.i += 1
                 v = self.bare_item()
             out.pop(k, None)  # RFC 8941 §4.2.3.2: a repeated key overwrites, keeping the last
@@ -93,7 +90,7 @@ class _Parser:
         return tuple(out.items())
 
     def bare_item(self) -> object:
-        c = self.peek()
+        c = self.s[self.i:self.i + 1]
         if c == '"':
             return self.string()
         if c == "-" or "0" <= c <= "9":
@@ -146,19 +143,19 @@ class _Parser:
         return value
 
     def item_or_inner_list(self) -> Item | InnerList:
-        if self.peek() != "(":
+        if self.s[self.i:self.i + 1] != "(":
             value = self.bare_item()
             return Item(value, self.params())
         self.i += 1
         items: list[Item] = []
         while True:
             self.skip_sp()
-            if self.peek() == ")":
+            if self.s[self.i:self.i + 1] == ")":
                 self.i += 1
                 return InnerList(tuple(items), self.params())
             value = self.bare_item()
             items.append(Item(value, self.params()))
-            if self.peek() not in (" ", ")"):
+            if self.s[self.i:self.i + 1] not in (" ", ")"):
                 raise self.fail("expected a space or ')' in inner list")
 
 
@@ -167,11 +164,11 @@ def parse_dictionary(text: str) -> dict[str, Item | InnerList]:
     p = _Parser(text)
     out: dict[str, Item | InnerList] = {}
     p.skip_sp()
-    if not p.peek():
+    if not p.s[p.i:p.i + 1]:
         return out
     while True:
         k = p.key()
-        if p.peek() == "=":
+        if p.s[p.i:p.i + 1] == "=":
             p.i += 1
             member = p.item_or_inner_list()
         else:
@@ -179,13 +176,13 @@ def parse_dictionary(text: str) -> dict[str, Item | InnerList]:
         out.pop(k, None)
         out[k] = member
         p.skip_ows()
-        if not p.peek():
+        if not p.s[p.i:p.i + 1]:
             return out
-        if p.peek() != ",":
+        if p.s[p.i:p.i + 1] != ",":
             raise p.fail("expected ',' between dictionary members")
         p.i += 1
         p.skip_ows()
-        if not p.peek():
+        if not p.s[p.i:p.i + 1]:
             raise p.fail("trailing comma")
 
 
@@ -193,7 +190,7 @@ def parse_item(text: str) -> Item:
     """Parse an RFC 8941 Item with its parameters (§4.2.3), e.g. ``"@query-param";name="a"``."""
     p = _Parser(text)
     item = Item(p.bare_item(), p.params())
-    if p.peek():
+    if p.s[p.i:p.i + 1]:
         raise p.fail("unexpected characters after the item")
     return item
 
