@@ -25,6 +25,7 @@ __all__ = [
     "RouteConfig",
     "load_config",
     "parse_duration",
+    "parse_listen",
     "parse_size",
 ]
 
@@ -56,6 +57,12 @@ def parse_duration(text: str) -> float:
     if not m:
         raise ValueError(f"expected a duration like 90s, 5m, 12h or 30d, got {text!r}")
     return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """``host:port`` or ``[v6]:port``."""
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]") or "127.0.0.1", int(port)
 
 
 def parse_size(text: str | int) -> int:

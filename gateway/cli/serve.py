@@ -17,7 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway.cli.common import Context, cli_actor
-from gateway.config import RouteConfig, load_config
+from gateway.config import Config, RouteConfig, load_config
 from gateway.kek import Keyring, create_keyring_file, load_keyring
 from gateway.keys.lifecycle import KeyManager, NewKey
 from gateway.store import open_store
@@ -39,10 +39,14 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 async def _serve(ctx: Context) -> int:
-    config = ctx.config
-    if ctx.args.workers is not None:
-        config = dataclasses.replace(config, server=dataclasses.replace(
-            config.server, workers=ctx.args.workers))
+    def configured() -> Config:  # read again on SIGHUP
+        config = load_config(ctx.args.config)
+        if ctx.args.workers is not None:
+            config = dataclasses.replace(config, server=dataclasses.replace(
+                config.server, workers=ctx.args.workers))
+        return config
+
+    config = configured()
     # fail fast, in one line, on what would stop every worker: keyring and store
     load_keyring(config.kek.keyring)
     store = await open_store(config.store.url)
@@ -50,7 +54,7 @@ async def _serve(ctx: Context) -> int:
     from gateway.proxy.server import serve
 
     # serve() runs its own event loops (uvloop, one per worker) once this one has ended
-    ctx.args.then = lambda: serve(config)
+    ctx.args.then = lambda: serve(config, reload=configured)
     return 0
 
 

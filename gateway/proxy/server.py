@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -21,7 +22,7 @@ from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
 from ..admin import admin_app
-from ..config import Config
+from ..config import Config, parse_listen
 from ..kek import load_keyring
 from ..store import Store, open_store
 from .accesslog import AccessLog
@@ -29,15 +30,17 @@ from .forward import Forwarder, SessionForwarder
 from .keycache import KeyCache
 from .lean import LeanForwarder
 from .limits import Limits
+from .master import Master
 from .pipeline import DataPlane
 from .shared import SharedTier
 from .usage import UsageRecorder
 
-__all__ = ["Gateway", "parse_listen", "serve"]
+__all__ = ["Gateway", "serve"]
 
 log = logging.getLogger("gateway")
 
 
+DRAIN_DELAY = 0.5
 _HEAD_OVERDUE = orjson.dumps({"error": "malformed_request",
                               "message": "the request head did not arrive in time"})
 
@@ -62,6 +65,11 @@ class _JsonErrorHandler(RequestHandler):
         super().connection_lost(exc)
 
     def _head_overdue(self) -> None:
+        # decide after this loop iteration's I/O: if the loop itself was held up, the
+        # head may be sitting unread, and that is no fault of the client
+        self._loop.call_soon(self._head_check)
+
+    def _head_check(self) -> None:
         if self._request_count == 0 and self.transport is not None:
             self.transport.write(b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json"
                                  b"\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
@@ -104,12 +112,6 @@ class _JsonAppRunner(web.AppRunner):
         made = await super()._make_server()
         return _Server(made.request_handler, request_factory=made.request_factory,
                        loop=made._loop, **made._kwargs)
-
-
-def parse_listen(listen: str) -> tuple[str, int]:
-    """``host:port`` or ``[v6]:port``."""
-    host, _, port = listen.rpartition(":")
-    return host.strip("[]") or "127.0.0.1", int(port)
 
 
 class Gateway:
@@ -184,6 +186,10 @@ class Gateway:
         self.draining = True
         for server in self._servers:
             server.close()
+        # connections accepted just before the listener closed still owe us their request
+        # head, and aiohttp ignores bytes on a connection it is shutting down: let those
+        # heads arrive first
+        await asyncio.sleep(DRAIN_DELAY)
         if self._low_level is not None:
             await self._low_level.shutdown(self.config.server.shutdown_grace)
         for task in self._tasks:
@@ -197,7 +203,8 @@ class Gateway:
         await self.store.close()
 
 
-async def _run_worker(config: Config, sock: socket.socket | None) -> None:
+async def _run_worker(config: Config, sock: socket.socket | None,
+                      ready_fd: int | None) -> None:
     store = await open_store(config.store.url)
     gateway = Gateway(config, store)
     await gateway.start(sock)
@@ -208,63 +215,24 @@ async def _run_worker(config: Config, sock: socket.socket | None) -> None:
     print(orjson.dumps({"event": "listening", "listen": config.server.listen,
                         "admin": config.admin.listen, "pid": os.getpid()}).decode(),
           file=sys.stderr, flush=True)
+    if ready_fd is not None:  # tell the master this worker accepts requests
+        os.write(ready_fd, b"r")
+        os.close(ready_fd)
     await stop.wait()
     await gateway.stop()
 
 
-def _worker_main(config: Config, sock: socket.socket | None) -> None:
+def _worker_main(config: Config, sock: socket.socket | None, ready_fd: int | None) -> None:
     import uvloop
 
-    uvloop.run(_run_worker(config, sock))
+    uvloop.run(_run_worker(config, sock, ready_fd))
 
 
-def serve(config: Config) -> int:
-    """Run the gateway until SIGTERM/SIGINT. With ``workers > 1`` one master process
-    owns the listening socket and forks the workers (DESIGN §8: a closing
-    SO_REUSEPORT listener would drop queued connections)."""
-    workers = config.server.workers
-    if workers == 1:
-        _worker_main(config, None)
+def serve(config: Config, reload: Callable[[], Config] | None = None) -> int:
+    """Run the gateway until SIGTERM/SIGINT. With ``workers > 1`` a master process owns
+    the listening socket, forks the workers and, on SIGHUP, reloads the configuration
+    (``reload``) and restarts them without dropping a request (gateway/proxy/master.py)."""
+    if config.server.workers == 1:
+        _worker_main(config, None, None)
         return 0
-    host, port = parse_listen(config.server.listen)
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(1024)
-    sock.set_inheritable(True)
-    children: set[int] = set()
-
-    def spawn() -> None:
-        pid = os.fork()
-        if pid == 0:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            signal.signal(signal.SIGINT, signal.SIG_DFL)
-            try:
-                _worker_main(config, sock)
-            finally:
-                os._exit(0)
-        children.add(pid)
-
-    stopping = False
-
-    def on_signal(signum: int, _frame: Any) -> None:
-        nonlocal stopping
-        stopping = True
-        for pid in children:
-            os.kill(pid, signal.SIGTERM)
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    for _ in range(workers):
-        spawn()
-    while children:
-        try:
-            pid, _status = os.wait()
-        except ChildProcessError:
-            break
-        children.discard(pid)
-        if not stopping:  # a worker died: replace it
-            log.error("worker %d exited; starting another", pid)
-            spawn()
-    return 0
+    return Master(config, reload, _worker_main).run()
