@@ -12,7 +12,9 @@ import asyncio
 import json
 import logging
 import os
+import shutil
 import stat
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -86,8 +88,19 @@ def save(path: Path, issued: Issued) -> None:
 
 # -- the warning ----------------------------------------------------------------------------
 
+@pytest.fixture(scope="module")
+def session_forwarder(tmp_path_factory: pytest.TempPathFactory, upstream: Upstream
+                      ) -> Iterator[GatewayProcess]:
+    gw = start_gateway(tmp_path_factory.mktemp("expiry-aiohttp"), upstream,
+                       server='forwarder = "aiohttp"')
+    yield gw
+    stop(gw.proc)
+
+
+@pytest.mark.parametrize("forwarder", ["lean", "aiohttp"])
 async def test_the_header_appears_exactly_inside_the_warning_window(
-        gateway: GatewayProcess) -> None:
+        request: pytest.FixtureRequest, forwarder: str) -> None:
+    gateway = request.getfixturevalue("gateway" if forwarder == "lean" else "session_forwarder")
     # expiry 14 d + 1 h from now (outside), 14 d - 1 h (inside); made a day ago
     outside = Key.of(await make_key(gateway, age_days=1, lifetime=15 * DAY + HOUR))
     inside_issued = await make_key(gateway, age_days=1, lifetime=15 * DAY - HOUR)
@@ -380,3 +393,82 @@ async def test_policy_decides_whether_self_rotate_may_be_granted(
     assert status == 200 and doc["may_self_rotate"] is False
     status, doc, _ = await call(strict, earlier, "POST", ROTATE)
     assert (status, doc["error"]) == (422, "policy_violation")
+
+
+@pytest.fixture(scope="module")
+def mfa_policy(tmp_path_factory: pytest.TempPathFactory, upstream: Upstream
+               ) -> Iterator[GatewayProcess]:
+    gw = start_gateway(tmp_path_factory.mktemp("mfa"), upstream,
+                       policy="require_mfa_for_issuance = true")
+    yield gw
+    stop(gw.proc)
+
+
+async def test_mfa_required_policies_still_apply(mfa_policy: GatewayProcess) -> None:
+    without = Key.of(await make_key(mfa_policy, mfa=False))
+    status, doc, _ = await call(mfa_policy, without, "POST", ROTATE)
+    assert (status, doc["error"]) == (403, "mfa_required")
+    status, child, _ = await call(mfa_policy, Key.of(await make_key(mfa_policy, mfa=True)),
+                                  "POST", ROTATE)
+    assert status == 201 and child["issued_with_mfa"] is True
+
+
+# -- the README's recipes, as written -----------------------------------------------------------
+
+CURL = shutil.which("curl")
+
+
+def test_the_readme_curl_line_rotates_a_key(gateway: GatewayProcess, tmp_path: Path) -> None:
+    assert CURL is not None, "curl is not installed: run 'apt-get install -y curl'"
+    key = Key.of(asyncio.run(make_key(gateway)))
+    out = tmp_path / "new-key.json"
+    with out.open("wb") as sink:
+        subprocess.run([CURL, "-sf", "--aws-sigv4", "aws:amz:local:gateway", "--user",
+                        f"{key.key_id}:{key.secret}", "-X", "POST",
+                        f"{gateway.url}/_gateway/self/rotate"], stdout=sink, check=True,
+                       timeout=30)
+    new = Key.from_json(json.loads(out.read_text()))
+    status, doc, _ = asyncio.run(call(gateway, new, "GET", WHOAMI))
+    assert status == 200 and doc["rotated_from"] == key.key_id
+    # with a body: the grace asked for
+    status, doc, _ = asyncio.run(call(gateway, key, "GET", WHOAMI))
+    assert doc["status"] == "rotating"
+    done = subprocess.run([CURL, "-s", "--aws-sigv4", "aws:amz:local:gateway", "--user",
+                           f"{new.key_id}:{new.secret}", "-H", "Content-Type: application/json",
+                           "-d", '{"grace": "1h"}', f"{gateway.url}/_gateway/self/rotate"],
+                          capture_output=True, check=True, timeout=30, text=True)
+    assert json.loads(done.stdout)["rotated_from"] == new.key_id
+
+
+@pytest.mark.parametrize("adapter", ["httpx", "httpx-async", "aiohttp"])
+def test_every_adapter_warns_once(gateway: GatewayProcess, adapter: str,
+                                  caplog: pytest.LogCaptureFixture) -> None:
+    import aiohttp
+    import httpx
+
+    from gateway.client import HttpxAuth, aiohttp_middleware
+
+    caplog.set_level(logging.WARNING, logger="gateway.client")
+    issued = asyncio.run(make_key(gateway, age_days=1, lifetime=5 * DAY))
+    creds = Credentials(issued.record.key_id, issued.secret.reveal())
+    urls = [f"{gateway.url}/api/warn/{n}" for n in range(3)]
+
+    async def run_async() -> list[int]:
+        if adapter == "aiohttp":
+            async with aiohttp.ClientSession(middlewares=(aiohttp_middleware(creds),)) as s:
+                statuses = []
+                for url in urls:
+                    async with s.get(url) as r:
+                        statuses.append(r.status)
+                return statuses
+        async with httpx.AsyncClient(auth=HttpxAuth(creds)) as client:
+            return [(await client.get(url)).status_code for url in urls]
+
+    if adapter == "httpx":
+        with httpx.Client(auth=HttpxAuth(creds)) as client:
+            statuses = [client.get(url).status_code for url in urls]
+    else:
+        statuses = asyncio.run(run_async())
+    assert statuses == [200, 200, 200]
+    warned = [r.getMessage() for r in caplog.records if r.name == "gateway.client"]
+    assert len(warned) == 1 and issued.record.key_id in warned[0]
