@@ -8,7 +8,10 @@ and ``RFC9421Signer``, and one adapter per HTTP client: ``RequestsAuth``,
 ``HttpxAuth`` (sync and async) and ``aiohttp_middleware()``. Each adapter
 takes ``credentials``, ``scheme="sigv4" | "rfc9421"``, ``region="local"`` and
 ``service="gateway"``, and runs in two-key mode whenever the credentials hold a
-``previous`` key.
+``previous`` key. ``rotate_if_expiring(credentials_file, base_url, within="14d")``
+rotates a key that is about to expire and rewrites its credentials file (needs
+scope ``self:rotate``). A response announcing ``Gateway-Key-Expires`` is logged
+once per process per key (logger ``gateway.client``).
 
 Importing this package imports no HTTP library and nothing of the server: the
 adapters are loaded on first use, each with the library it adapts.
@@ -27,13 +30,15 @@ if TYPE_CHECKING:
     from ._aiohttp import SigningMiddleware, aiohttp_middleware
     from ._httpx import HttpxAuth
     from ._requests import RequestsAuth
+    from ._rotate import RotationError, rotate_if_expiring
 
 __all__ = ["ClientError", "Credentials", "CredentialsError", "HttpxAuth", "RFC9421Signer",
-           "RequestsAuth", "SigV4Signer", "SigningMiddleware", "UnsignableBody",
-           "aiohttp_middleware"]
+           "RequestsAuth", "RotationError", "SigV4Signer", "SigningMiddleware",
+           "UnsignableBody", "aiohttp_middleware", "rotate_if_expiring"]
 
 _LAZY = {"RequestsAuth": "._requests", "HttpxAuth": "._httpx",
-         "aiohttp_middleware": "._aiohttp", "SigningMiddleware": "._aiohttp"}
+         "aiohttp_middleware": "._aiohttp", "SigningMiddleware": "._aiohttp",
+         "rotate_if_expiring": "._rotate", "RotationError": "._rotate"}
 
 
 def __getattr__(name: str) -> Any:

@@ -15,7 +15,7 @@ from aiohttp.payload import AsyncIterablePayload, BytesPayload
 
 from ._credentials import Credentials
 from ._errors import UnsignableBody
-from ._session import Scheme, SigningSession, auth_failure
+from ._session import EXPIRES_HEADER, Scheme, SigningSession, auth_failure
 
 __all__ = ["SigningMiddleware", "aiohttp_middleware"]
 
@@ -65,6 +65,7 @@ class SigningMiddleware:
         while True:
             request.headers.update(headers)
             response = await handler(request)
+            self.session.notice_expiry(request.headers.get, response.headers.get(EXPIRES_HEADER))
             code = auth_failure(401, await response.read()) if response.status == 401 else None
             try:
                 headers = flow.send(code)

@@ -17,7 +17,7 @@ import httpx
 from httpx._multipart import MultipartStream
 
 from ._credentials import Credentials
-from ._session import Attempts, Scheme, SigningSession, auth_failure
+from ._session import EXPIRES_HEADER, Attempts, Scheme, SigningSession, auth_failure
 
 __all__ = ["HttpxAuth"]
 
@@ -67,9 +67,9 @@ class HttpxAuth(httpx.Auth):
         request.headers.update(next(flow))
         return flow
 
-    @staticmethod
-    def _next(flow: Attempts, request: httpx.Request, response: httpx.Response) -> bool:
+    def _next(self, flow: Attempts, request: httpx.Request, response: httpx.Response) -> bool:
         """Sign the next attempt into ``request``; False when there is none."""
+        self.session.notice_expiry(request.headers.get, response.headers.get(EXPIRES_HEADER))
         code = auth_failure(response.status_code, response.content) \
             if response.status_code == 401 else None
         try:

@@ -20,7 +20,7 @@ from requests.auth import AuthBase
 from urllib3.util.url import _encode_target
 
 from ._credentials import Credentials
-from ._session import Attempts, Scheme, SigningSession, auth_failure
+from ._session import EXPIRES_HEADER, Attempts, Scheme, SigningSession, auth_failure
 from ._signers import split_url
 
 __all__ = ["RequestsAuth"]
@@ -91,10 +91,13 @@ class RequestsAuth(AuthBase):
         request.hooks["response"].append(self._on_response(flow))
         return request
 
-    @staticmethod
-    def _on_response(flow: Attempts) -> Callable[..., requests.Response]:
+    def _on_response(self, flow: Attempts) -> Callable[..., requests.Response]:
+        session = self.session
+
         def hook(response: requests.Response, **kwargs: Any) -> requests.Response:
             while True:
+                session.notice_expiry(response.request.headers.get,
+                                      response.headers.get(EXPIRES_HEADER))
                 status = response.status_code
                 code = auth_failure(status, response.content) if status == 401 else None
                 try:

@@ -19,6 +19,11 @@ worked. A fallback to the previous key is remembered for
 so an old key does not stay "in use" (and un-revocable by ``--wait-idle``)
 once the gateway accepts the new one. Credentials loaded from a file are
 reloaded when the file changes (mtime, size or inode).
+
+Expiry warnings: a response carrying ``Gateway-Key-Expires`` (the key is inside the
+gateway's ``[auth] expiry_warning`` window) is logged once per process per key, on
+the ``gateway.client`` logger; adapters call ``notice_expiry()`` with the headers
+they sent and the header's value.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Generator, Iterable
@@ -35,7 +41,8 @@ from ._credentials import Credentials
 from ._errors import CredentialsError
 from ._signers import ADDED_HEADERS, RFC9421Signer, SigV4Signer
 
-__all__ = ["RETRY_CODES", "Scheme", "SigningSession", "auth_failure", "headers_to_sign"]
+__all__ = ["EXPIRES_HEADER", "RETRY_CODES", "Scheme", "SigningSession", "auth_failure",
+           "headers_to_sign", "signing_key_id"]
 
 log = logging.getLogger("gateway.client")
 
@@ -43,6 +50,24 @@ Scheme = Literal["sigv4", "rfc9421"]
 Attempts = Generator[list[tuple[str, str]], str | None, None]
 # the 401 codes that may mean "the gateway does not (or no longer) accept this key" (§5)
 RETRY_CODES = frozenset({"signature_invalid", "key_revoked", "key_expired", "key_inactive"})
+EXPIRES_HEADER = "Gateway-Key-Expires"
+# SigV4 "Credential=<key ID>/<scope>", RFC 9421 'keyid="<key ID>"'
+_SIGV4_KEY = re.compile(r"Credential=([^/,\s]+)/")
+_RFC9421_KEY = re.compile(r'keyid="([^"\\]+)"')
+_warned: set[str] = set()  # key IDs already warned about, once per process
+_warned_lock = threading.Lock()
+# a case-insensitive header lookup: ``request.headers.get`` of any adapted library
+HeaderGet = Callable[[str], str | None]
+
+
+def signing_key_id(sent: HeaderGet) -> str | None:
+    """The key ID a request was signed with, read from the headers the signer added."""
+    authorization = sent("Authorization")
+    match = _SIGV4_KEY.search(authorization) if authorization else None
+    if match is None:
+        signature_input = sent("Signature-Input")
+        match = _RFC9421_KEY.search(signature_input) if signature_input else None
+    return match.group(1) if match else None
 
 
 def auth_failure(status: int, body: bytes) -> str | None:
@@ -114,6 +139,20 @@ class SigningSession:
         """Auth failures (401 with one of ``RETRY_CODES``) per key ID."""
         with self._lock:
             return dict(self._failures)
+
+    def notice_expiry(self, sent: HeaderGet, expires: str | None) -> None:
+        """Log a warning, once per process per key, when a response carries
+        ``Gateway-Key-Expires`` (``expires``: its value, or None when absent; ``sent``:
+        the lookup of the request's headers, which name the key that signed it)."""
+        if expires is None:
+            return
+        key_id = signing_key_id(sent) or self._credentials.key_id
+        with _warned_lock:
+            if key_id in _warned:
+                return
+            _warned.add(key_id)
+        log.warning("gateway key %s expires at %s (or goes inactive then): rotate it, "
+                    "e.g. with gateway.client.rotate_if_expiring()", key_id, expires[:64])
 
     def attempts(self, method: str, url: str, headers: Iterable[tuple[str, str]],
                  body: bytes | None) -> Attempts:

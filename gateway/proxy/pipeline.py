@@ -21,6 +21,7 @@ from aiohttp import web
 from ..config import Config
 from ..errors import GatewayError, SignatureError
 from ..keys.formats import is_well_formed_key_id
+from ..keys.lifecycle import KeyManager
 from ..keys.record import KeyRecord, rfc3339
 from ..signing import Body, Policy, Request, Verified, parse
 from .accesslog import AccessLog
@@ -28,6 +29,7 @@ from .forward import Forwarder, UpstreamRequest
 from .headers import TrustedProxies, upstream_headers
 from .keycache import KeyCache, KeyEntry
 from .limits import Limits
+from .reserved import self_rotate, whoami
 from .routes import RouteTable, check_target, scope_allows
 from .usage import UsageRecorder
 
@@ -78,8 +80,10 @@ class Counters:
 
 class DataPlane:
     def __init__(self, config: Config, cache: KeyCache, forwarder: Forwarder,
-                 usage: UsageRecorder, access_log: AccessLog, limits: Limits) -> None:
+                 usage: UsageRecorder, access_log: AccessLog, limits: Limits,
+                 manager: KeyManager | None = None) -> None:
         self.config = config
+        self.manager = manager  # lifecycle changes a key makes to itself (self-rotation)
         self.routes = RouteTable(config.routes, config.auth)
         self.reserved_policy = Policy.from_config(config.auth)
         self.cache = cache
@@ -148,7 +152,7 @@ class DataPlane:
                 now=now, answer=answer)
             record, facts, body = auth.record, auth.facts, auth.body
             if route is None:
-                response = await self._reserved(request, path, record, answer)
+                response = await self._reserved(request, path, auth, answer)
                 self._count_use(request, record, route_name, response.status, now)
                 return response, record
             required = route.required_scope(request.method)
@@ -258,18 +262,29 @@ class DataPlane:
             if not TrustedProxies(record.source_cidrs).trusts(client):
                 raise GatewayError("source_denied", "the key may not be used from this address")
 
-    async def _reserved(self, request: web.BaseRequest, path: str, record: KeyRecord,
+    async def _reserved(self, request: web.BaseRequest, path: str, auth: Authenticated,
                         answer: list[tuple[str, str]]) -> web.StreamResponse:
-        if path != "/_gateway/whoami":
+        record = auth.record
+        if path == "/_gateway/whoami":
+            if request.method != "GET":
+                raise GatewayError("invalid_request", "whoami answers GET only")
+            status, body = 200, whoami(self.config.policy, record, datetime.now(UTC))
+        elif path == "/_gateway/self/rotate":
+            if request.method != "POST":
+                raise GatewayError("invalid_request", "self/rotate answers POST only")
+            if self.manager is None:
+                raise GatewayError("not_implemented", "this listener cannot issue keys")
+            now = datetime.now(UTC)
+            client = self.trusted.client_address(_peer(request),
+                                                 request.headers.get("X-Forwarded-For"))
+            issued = await self_rotate(self.manager, record, auth.body, source=client, now=now)
+            # this instance sees the change at once, the others within one change poll
+            self.cache.drop((record.key_id, issued.record.key_id))
+            status, body = 201, issued.to_api(now, self._inactivity)
+        else:
             raise GatewayError("route_not_found", "no such gateway endpoint")
-        if request.method != "GET":
-            raise GatewayError("invalid_request", "whoami answers GET only")
-        now = datetime.now(UTC)
-        body = record.to_api(now, self._inactivity)
-        body["inactive_after"] = rfc3339(record.inactive_after(self._inactivity))
-        body["may_self_rotate"] = self.config.policy.allow_self_rotate and scope_allows(
-            record.scopes, "self:rotate")
-        response = web.Response(body=orjson.dumps(body), content_type="application/json")
+        response = web.Response(status=status, body=orjson.dumps(body),
+                                content_type="application/json")
         for name, value in answer:
             response.headers[name] = value
         return response

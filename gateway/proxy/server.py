@@ -24,6 +24,7 @@ from aiohttp.web_protocol import RequestHandler
 from ..admin import admin_app
 from ..config import Config, parse_listen
 from ..kek import load_keyring
+from ..keys.lifecycle import KeyManager
 from ..store import Store, open_store
 from .accesslog import AccessLog
 from .forward import Forwarder, SessionForwarder
@@ -133,7 +134,8 @@ class Gateway:
                                      else SessionForwarder())
         self.access_log = AccessLog(enabled=config.log.access_log)
         self.data_plane = DataPlane(config, self.cache, self.forwarder, self.usage,
-                                    self.access_log, Limits(self.shared))
+                                    self.access_log, Limits(self.shared),
+                                    KeyManager(store, self.keyring, config.policy))
         self.draining = False
         self._tasks: list[asyncio.Task[None]] = []
         self._servers: list[asyncio.AbstractServer] = []
