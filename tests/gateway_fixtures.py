@@ -27,15 +27,17 @@ from .conftest import ROOT, free_port
 ACTOR = Actor(principal="cli:test")
 
 
-def wait_for_port(port: int, proc: subprocess.Popen[bytes], what: str, log: Path) -> None:
+def wait_for_port(port: int, proc: subprocess.Popen[bytes], what: str, log: Path,
+                  host: str = "127.0.0.1") -> None:
     import socket
 
     deadline = time.monotonic() + 15
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"{what} exited with {proc.returncode}: {log.read_text()[-2000:]}")
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
+        with socket.socket(family) as s:
+            if s.connect_ex((host, port)) == 0:
                 return
         time.sleep(0.05)
     raise RuntimeError(f"{what} did not listen on {port}: {log.read_text()[-2000:]}")
@@ -108,14 +110,15 @@ class GatewayProcess:
     upstream: Upstream
     log: Path
     env: dict[str, str] = field(default_factory=dict)
+    listen_host: str = "127.0.0.1"  # the data plane's; the admin listener stays on 127.0.0.1
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}"
 
     @property
     def host(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{authority(self.listen_host)}:{self.port}"
 
     @property
     def admin_url(self) -> str:
@@ -147,17 +150,23 @@ class GatewayProcess:
         raise RuntimeError("no VmHWM")
 
 
+def authority(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
 def write_config(tmp: Path, upstream: Upstream, extra: str = "", *, server: str = "",
                  policy: str = "", store_url: str | None = None, keyring: Path | None = None,
-                 name: str = "gateway", change_poll: str = "100ms") -> tuple[Path, int, int]:
+                 name: str = "gateway", change_poll: str = "100ms",
+                 listen_host: str = "127.0.0.1") -> tuple[Path, int, int]:
     """A config on free ports. ``server`` / ``policy`` add lines to those sections,
     ``extra`` more sections; ``store_url`` and ``keyring`` (an existing file) let several
-    gateways share one store and KEK (instances sharing ``tmp`` share its keyring too)."""
+    gateways share one store and KEK (instances sharing ``tmp`` share its keyring too);
+    ``listen_host`` is the data plane's address (``::1`` for IPv6)."""
     port, admin_port = free_port(), free_port()
     config = tmp / f"{name}.toml"
     config.write_text(f"""
 [server]
-listen = "127.0.0.1:{port}"
+listen = "{authority(listen_host)}:{port}"
 header_timeout = "1s"
 body_timeout = "2s"
 {server}
@@ -189,9 +198,10 @@ def start_gateway(tmp: Path, upstream: Upstream, extra: str = "", **kw: Any) -> 
     with log.open("wb") as sink:
         proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--config",
                                  str(config)], cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT)
-    wait_for_port(port, proc, "gateway serve", log)
+    host = kw.get("listen_host", "127.0.0.1")
+    wait_for_port(port, proc, "gateway serve", log, host)
     wait_for_port(admin_port, proc, "the admin listener", log)
-    return GatewayProcess(port, admin_port, config, proc, upstream, log)
+    return GatewayProcess(port, admin_port, config, proc, upstream, log, listen_host=host)
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:

@@ -381,8 +381,8 @@ def test_every_admin_route_is_documented_with_its_errors() -> None:
         for method, op in ops.items():
             assert "default" in op["responses"], (method, path)
     documented = {(m.upper(), p) for p, ops in doc["paths"].items() for m in ops}
-    from gateway.admin import calls, keys
-    served = {(r.method, r.path) for r in [*keys.routes(), *calls.routes()]}
+    from gateway.admin import calls, keys, leaks
+    served = {(r.method, r.path) for r in [*keys.routes(), *calls.routes(), *leaks.routes()]}
     assert served <= documented
 
 

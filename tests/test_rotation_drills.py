@@ -169,8 +169,10 @@ async def test_leaked_key_drill(pair: tuple[GatewayProcess, GatewayProcess]) -> 
             revocation["source"], revocation["details"]) == (
         root.key_id, "ops-security", "success", "127.0.0.1", {"reason": "leaked"})
     # and every request it made in the last hour, by route, across both instances
-    # (B may accept it until its next change poll: those requests are in the tally too)
-    want = {("/api/", 200): 4 + 2 + 2 + accepted_meanwhile, ("/open/", 200): 3}
+    # (B may accept it until its next change poll: those requests are in the tally too),
+    # the two refused after the revocation included
+    want = {("/api/", 200): 4 + 2 + 2 + accepted_meanwhile, ("/open/", 200): 3,
+            ("/api/", 401): 2}
 
     async def tallied() -> dict[str, Any] | None:
         _, act = await admin(b, root, "GET",
@@ -178,7 +180,7 @@ async def test_leaked_key_drill(pair: tuple[GatewayProcess, GatewayProcess]) -> 
         got = {(r["route"], r["status"]): r["count"] for r in act["routes"]}
         return act if got == want else None
     act = await until(tallied, "both instances' usage flush")
-    total = 11 + accepted_meanwhile
+    total = 13 + accepted_meanwhile
     assert act["sources"] == [{"address": "127.0.0.1", "count": total}]
     status, got = await admin(a, root, "GET", f"/v1/keys/{leaked.key_id}")
     assert (got["status"], got["requests_last_hour"]) == ("revoked", total)

@@ -18,7 +18,7 @@ from aiohttp.typedefs import Handler
 from ..errors import GatewayError
 from ..keys.lifecycle import KeyManager
 from ..proxy.pipeline import error_response
-from . import calls, keys
+from . import calls, keys, leaks
 from .auth import authenticate
 from .health import KeyCounts, healthz, metrics, readyz
 from .openapi import render
@@ -83,4 +83,5 @@ def admin_app(gateway: Gateway) -> web.Application:
     app.router.add_get("/v1/openapi.json", openapi, allow_head=False)
     app.router.add_routes(keys.routes())
     app.router.add_routes(calls.routes())
+    app.router.add_routes(leaks.routes())
     return app

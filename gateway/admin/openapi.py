@@ -56,6 +56,11 @@ BODIES: dict[str, Schema] = {
     "RenewKey": _one_expiry(_body([], expires_in=DURATION, expires_at=TIME,
                                   no_expiry=NO_EXPIRY)),
     "RevokeKey": _body([], reason={**TEXT, "minLength": 1}),
+    "LeakReport": _body(["tokens"], tokens={"type": "array", "maxItems": 1000, "items": _body(
+        ["token", "url"], token={"type": "string", "maxLength": 200,
+                                 "description": "what the scanner found, as found"},
+        url={"type": "string", "maxLength": 2000,
+             "description": "where it was found (kept in the audit trail)"})}),
 }
 
 _NULL_TEXT: Schema = {"type": ["string", "null"]}
@@ -120,6 +125,12 @@ SCHEMAS: dict[str, Schema] = {
         "items": {"type": "array", "items": _ref("AuditEntry")}, "next_cursor": _NULL_TEXT}},
     "MfaEnrolment": {"type": "object", "required": ["otpauth_uri"], "properties": {
         "otpauth_uri": {"type": "string", "pattern": "^otpauth://totp/"}}},
+    "LeakResults": {"type": "object", "required": ["results"], "properties": {
+        "results": {"type": "array", "items": {
+            "type": "object", "required": ["index", "verdict"], "properties": {
+                "index": {"type": "integer", "minimum": 0,
+                          "description": "position in `tokens`, from 0"},
+                "verdict": {"enum": ["revoked", "already_revoked", "not_ours"]}}}}}},
     "Health": {"type": "object", "required": ["status"],
                "properties": {"status": {"type": "string"}}},
 }
@@ -235,6 +246,11 @@ def document() -> dict[str, Any]:
         "/v1/mfa/enroll": {"post": _op(
             "enrollMfa", "Enrol a TOTP seed for the calling key's principal (once)", WRITE,
             "201", _ref("MfaEnrolment"), codes=("400", "401", "403", "422", "503"))},
+        "/v1/leaks": {"post": _op(
+            "reportLeaks", "Report found tokens: each live secret's key is revoked at once "
+            "(reason `leaked`); anything else, well-formed or not, is `not_ours`",
+            "leaks:report", "200", _ref("LeakResults"), body="LeakReport", body_required=True,
+            codes=("400", "401", "403", "413", "503"))},
         "/v1/whoami": {"get": _op("whoami", "The calling key", "any admin scope", "200",
                                   _ref("KeyRecord"))},
     }

@@ -1,4 +1,4 @@
-"""The ``gateway`` command (DESIGN.md §4): ``keys``, ``kek``, ``store`` and ``audit`` subcommands.
+"""The ``gateway`` command (DESIGN.md §4): ``keys``, ``kek``, ``store``, ``audit`` and ``scan``.
 
 Every command takes ``--config FILE`` (default ``$GATEWAY_CONFIG``, else built-in
 defaults) and ``--json``. Exit status: 0 done; 1 the action failed (no such key,
@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from gateway.cli import audit as audit_cmd
 from gateway.cli import kek as kek_cmd
 from gateway.cli import keys as keys_cmd
+from gateway.cli import scan as scan_cmd
 from gateway.cli import serve as serve_cmd
 from gateway.cli.common import Context, UsageError, cli_actor
 from gateway.config import ConfigError, load_config
@@ -41,15 +42,23 @@ def build_parser() -> argparse.ArgumentParser:
     kek_cmd.add_parsers(sub, common)
     serve_cmd.add_parsers(sub, common)
     audit_cmd.add_parsers(sub, common)
+    scan_cmd.add_parsers(sub, common)
     return parser
+
+
+def _needs(args: argparse.Namespace, what: str) -> bool:
+    """A command's ``needs_store`` / ``needs_keyring``: a bool, or a predicate of its
+    arguments (``scan`` needs them only with ``--revoke``)."""
+    need = getattr(args, what, True)
+    return bool(need(args) if callable(need) else need)
 
 
 async def _run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    keyring = load_keyring(config.kek.keyring) if args.needs_keyring else None
+    keyring = load_keyring(config.kek.keyring) if _needs(args, "needs_keyring") else None
     store: Store | None = None
     shared = None
-    if getattr(args, "needs_store", True):
+    if _needs(args, "needs_store"):
         store = await open_store(config.store.url)
         if config.redis is not None:  # changes reach running gateways in milliseconds
             from gateway.proxy.shared import SharedTier

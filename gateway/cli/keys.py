@@ -1,4 +1,4 @@
-"""``gateway keys create|list|show|rotate|renew|revoke|activity`` (DESIGN.md §4, §4.1)."""
+"""``gateway keys create|update|list|show|rotate|renew|revoke|activity`` (DESIGN.md §4, §4.1)."""
 
 from __future__ import annotations
 
@@ -15,10 +15,12 @@ from gateway.keys.errors import KeyNotFound
 from gateway.keys.idle import revoke_when_idle
 from gateway.keys.lifecycle import (
     NEVER,
+    UNCHANGED,
     Expiry,
     Issued,
     KeyManager,
     NewKey,
+    Unchanged,
     check_key_id,
     format_duration,
 )
@@ -60,6 +62,23 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-cidr", action="append", metavar="CIDR",
                    help="accept requests only from this network; repeat for several")
     p.set_defaults(run=_create, needs_keyring=True)
+
+    p = ks.add_parser("update", parents=[common],
+                      help="change a key's name, scopes, rate limit or source networks")
+    p.add_argument("key_id", metavar="KEY_ID")
+    p.add_argument("--name", help="a new label")
+    p.add_argument("--scope", action="append", metavar="S",
+                   help="the key's scopes from now on (replaces them); repeat for several")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--rate-limit", type=float, metavar="RPS", help="requests per second")
+    g.add_argument("--no-rate-limit", action="store_true", help="remove the rate limit")
+    p.add_argument("--burst", type=int, metavar="N", help="burst size (default: RPS, rounded up)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--allow-cidr", action="append", metavar="CIDR",
+                   help="accept requests only from these networks from now on (replaces "
+                        "them); repeat for several")
+    g.add_argument("--any-source", action="store_true", help="remove the source networks")
+    p.set_defaults(run=_update, needs_keyring=False)
 
     p = ks.add_parser("list", parents=[common], help="list keys")
     p.add_argument("--principal")
@@ -134,18 +153,42 @@ def _show_issued(ctx: Context, issued: Issued, headline: str) -> None:
     print_fields(issued.to_api(ctx.now, ctx.config.policy.inactivity))
 
 
+def _rate(a: argparse.Namespace) -> RateLimit | None:
+    if a.rate_limit is None:
+        if a.burst is not None:
+            raise UsageError("--burst goes with --rate-limit")
+        return None
+    burst = a.burst if a.burst is not None else max(1, math.ceil(a.rate_limit))
+    rps = int(a.rate_limit) if a.rate_limit.is_integer() else a.rate_limit
+    return RateLimit(rps=rps, burst=burst)
+
+
 async def _create(ctx: Context) -> int:
     a = ctx.args
-    rate = None
-    if a.rate_limit is not None:
-        burst = a.burst if a.burst is not None else max(1, math.ceil(a.rate_limit))
-        rps = int(a.rate_limit) if a.rate_limit.is_integer() else a.rate_limit
-        rate = RateLimit(rps=rps, burst=burst)
     spec = NewKey(principal=a.principal, name=a.name, scopes=tuple(a.scope),
-                  expiry=_expiry(a), rate_limit=rate,
+                  expiry=_expiry(a), rate_limit=_rate(a),
                   source_cidrs=tuple(a.allow_cidr) if a.allow_cidr else None)
     issued = await _manager(ctx).create(spec, actor=ctx.actor, now=ctx.now)
     _show_issued(ctx, issued, "Key created.")
+    return 0
+
+
+async def _update(ctx: Context) -> int:
+    a = ctx.args
+    rate: RateLimit | None | Unchanged = UNCHANGED
+    if a.no_rate_limit:
+        if a.burst is not None:
+            raise UsageError("--burst goes with --rate-limit")
+        rate = None
+    elif a.rate_limit is not None or a.burst is not None:
+        rate = _rate(a)  # --burst alone is refused there
+    cidrs: tuple[str, ...] | None | Unchanged = (
+        None if a.any_source else tuple(a.allow_cidr) if a.allow_cidr else UNCHANGED)
+    record = await _manager(ctx).update(
+        a.key_id, actor=ctx.actor, now=ctx.now,
+        name=UNCHANGED if a.name is None else a.name,
+        scopes=UNCHANGED if a.scope is None else a.scope, rate_limit=rate, source_cidrs=cidrs)
+    _show_record(ctx, record, f"Key {record.key_id} updated.")
     return 0
 
 

@@ -32,6 +32,7 @@ __all__ = [
     "Issued",
     "KeyManager",
     "NewKey",
+    "Unchanged",
     "check_key_id",
     "counted_keys",
     "format_duration",
@@ -305,17 +306,19 @@ class KeyManager:
         return new
 
     async def revoke(self, key_id: str, *, actor: Actor, now: datetime,
-                     reason: str = "unspecified") -> KeyRecord:
-        """Revoke now (a rotating key too, ending its grace early)."""
+                     reason: str = "unspecified", source: str | None = None) -> KeyRecord:
+        """Revoke now (a rotating key too, ending its grace early). ``source`` is where a
+        leaked secret was found (``path:line``, a URL), kept in the audit details."""
         check_key_id(key_id)
         reason = _text(reason, "reason", required=True)
+        details = {"reason": reason} if source is None else {"reason": reason, "source": source}
         async with self.store.transaction() as tx:
             old = await self._locked_key(tx, key_id)
             if old.status(now, self.policy.inactivity) == "revoked":
                 raise PolicyViolation(f"key {key_id} is already revoked")
             new = old.replace(revoked_at=now, revoke_reason=reason, revoked_by=actor.principal)
             await tx.update_key(new)
-            await tx.add_audit([self._audit(actor, "key.revoked", key_id, now, reason=reason)])
+            await tx.add_audit([self._audit(actor, "key.revoked", key_id, now, **details)])
             await tx.add_changes([(key_id, "revoked", now)])
         return new
 

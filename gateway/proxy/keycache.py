@@ -22,6 +22,7 @@ from ..errors import GatewayError
 from ..kek import KekError, Keyring
 from ..keys.record import KeyRecord
 from ..store import Store, StoreError
+from .headers import TrustedProxies
 from .shared import RedisDown, SharedTier
 
 __all__ = ["CacheStats", "KeyCache", "KeyEntry"]
@@ -36,7 +37,8 @@ class KeyEntry:
     """A cached key: the record, its HMAC key, and its deadlines as epoch seconds
     (computed once per load, so the hot path compares floats, not datetimes)."""
 
-    __slots__ = ("record", "secret", "revoked_at", "expires_at", "inactive_at", "deadline")
+    __slots__ = ("record", "secret", "revoked_at", "expires_at", "inactive_at", "deadline",
+                 "sources")
 
     def __init__(self, record: KeyRecord, secret: bytes, inactivity: float) -> None:
         self.record = record
@@ -46,6 +48,9 @@ class KeyEntry:
         inactive = record.inactive_after(inactivity)
         self.inactive_at = inactive.timestamp() if inactive else _NEVER
         self.deadline = min(self.expires_at, self.inactive_at)
+        # the key's source allowlist, parsed once per load rather than per request
+        self.sources = (None if record.source_cidrs is None
+                        else TrustedProxies(record.source_cidrs))
 
     def status(self, now: float) -> str:
         """As ``KeyRecord.status`` (same precedence), at epoch second ``now``."""

@@ -33,7 +33,7 @@ from .reserved import self_rotate, whoami
 from .routes import RouteTable, check_target, scope_allows
 from .usage import UsageRecorder
 
-__all__ = ["Authenticated", "DataPlane", "decoded_headers", "error_response"]
+__all__ = ["Authenticated", "DataPlane", "KeyRefused", "decoded_headers", "error_response"]
 
 # verified against when the key ID is unknown, so both cost the same (DESIGN §5)
 _DUMMY_SECRET = ("gws_" + secrets.token_urlsafe(40)).encode("ascii")
@@ -48,6 +48,16 @@ def error_response(exc: GatewayError, extra: list[tuple[str, str]] | None = None
     for name, value in extra or ():
         response.headers[name] = value
     return response
+
+
+class KeyRefused(GatewayError):
+    """A refusal after the MAC verified (replayed, revoked, expired, inactive, MFA or
+    source policy): the key is known, so the request counts in its activity — what a
+    leaked key was tried for, and from where, after it died."""
+
+    def __init__(self, refusal: GatewayError, record: KeyRecord) -> None:
+        super().__init__(refusal.code, refusal.message)
+        self.record = record
 
 
 class Authenticated(NamedTuple):
@@ -181,7 +191,9 @@ class DataPlane:
             return response, record
         except GatewayError as exc:
             self.counters.count(route_name, exc.status, exc.code)
-            if record is not None:  # refused after the key proved itself (scope, upstream)
+            if isinstance(exc, KeyRefused):
+                record = exc.record
+            if record is not None:  # refused after the key proved itself
                 self._count_use(request, record, route_name, exc.status, now)
             return error_response(exc, answer), record
 
@@ -217,10 +229,13 @@ class DataPlane:
         if entry.deadline - now <= self._warning:
             answer.append(("Gateway-Key-Expires", rfc3339(record.deadline(self._inactivity)) or ""))
         # 9. replay, then key status and policy (only now may we say why)
-        if replay and not await self.limits.first_use(facts.replay_token, facts.replay_until,
-                                                      now):
-            raise GatewayError("replayed", "this signed request was already used")
-        self._check_key(entry, request, now, data_plane=data_plane)
+        try:
+            if replay and not await self.limits.first_use(facts.replay_token,
+                                                          facts.replay_until, now):
+                raise GatewayError("replayed", "this signed request was already used")
+            self._check_key(entry, request, now, data_plane=data_plane)
+        except GatewayError as exc:
+            raise KeyRefused(exc, record) from None
         self.usage.record(record.key_id, now)
         return Authenticated(facts, record, body)
 
@@ -256,10 +271,10 @@ class DataPlane:
         if data_plane and self.config.policy.reject_keys_without_mfa and \
                 not record.issued_with_mfa:
             raise GatewayError("mfa_required", "keys issued without MFA are refused")
-        if record.source_cidrs is not None:
+        if entry.sources is not None:
             peer = _peer(request)
             client = self.trusted.client_address(peer, request.headers.get("X-Forwarded-For"))
-            if not TrustedProxies(record.source_cidrs).trusts(client):
+            if not entry.sources.trusts(client):
                 raise GatewayError("source_denied", "the key may not be used from this address")
 
     async def _reserved(self, request: web.BaseRequest, path: str, auth: Authenticated,
