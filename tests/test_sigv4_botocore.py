@@ -146,7 +146,7 @@ def test_flipping_a_signed_byte_fails(method: str, path: str, items: list[tuple[
 @given(st.sampled_from(["GET", "HEAD"]), paths,
        st.dictionaries(query_text.filter(lambda k: bool(k) and not k.startswith("X-Amz-")),
                        query_text, max_size=4),
-       st.integers(min_value=1, max_value=3600))
+       st.integers(min_value=60, max_value=3600))  # >= 60 s: a loaded machine is slow
 def test_botocore_presigned_url_verifies(method: str, path: str, params: dict[str, str],
                                          expires: int) -> None:
     query = encode_query(list(params.items()), sort=False)
