@@ -148,3 +148,31 @@ async def test_upstream_connections_are_reused(gateway: GatewayProcess) -> None:
     again = await asyncio.gather(*(one(100 + i) for i in range(40)))
     # the second wave rides (mostly) on connections the first one opened
     assert len(set(again) - set(concurrent)) < 40
+
+
+async def test_an_upstream_that_answers_twice_is_not_believed(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Two responses in one read for one request: the second must not be merged into
+    the first, nor left on a pooled connection for the next client (lean forwarder)."""
+    from .conftest import free_port
+    from .gateway_fixtures import Upstream, start_gateway, stop
+
+    async def twice(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi"
+                     b"HTTP/1.1 404 Nope\r\nContent-Length: 5\r\nX-Evil: 1\r\n\r\nevil!")
+        await writer.drain()
+        writer.close()
+
+    port = free_port()
+    server = await asyncio.start_server(twice, "127.0.0.1", port)
+    fake = Upstream(port, tmp_path / "none.jsonl", None)  # type: ignore[arg-type]
+    gw = await asyncio.to_thread(start_gateway, tmp_path, fake)
+    try:
+        key = await gw.create_key()
+        status, body, r = await fetch(gw, key, "GET", "/api/twice")
+        assert status == 502 and json.loads(body)["error"] == "upstream_unreachable"
+        assert "X-Evil" not in r.headers
+    finally:
+        stop(gw.proc)
+        server.close()
+        await server.wait_closed()

@@ -107,3 +107,16 @@ async def test_slow_body_is_cut_off(gateway: GatewayProcess) -> None:
     status, body, _ = await raw_exchange(gateway, head + b"x" * 10, pause=0.1)
     assert (status, body.get("error")) == (400, "malformed_request")  # body_timeout = 2s
     untouched(gateway, "/api/h/slow-body")
+
+
+async def test_an_undecodable_request_id_is_replaced_not_a_500(gateway: GatewayProcess) -> None:
+    key = await gateway.create_key()
+    head = signed_head(gateway, key, "GET", "/api/h/rid", []).replace(
+        b"\r\n\r\n", b"\r\nX-Request-Id: \xff\xfe\r\n\r\n")
+    status, _, raw = await raw_exchange(gateway, head)
+    assert status == 200
+    rid = next(line for line in raw.split(b"\r\n") if line.lower().startswith(b"x-request-id:"))
+    assert b"\xff" not in rid
+    seen = [r for r in gateway.upstream.records() if r["target"] == "/api/h/rid"]
+    assert [v for k, v in seen[-1]["headers"] if k.lower() == "x-request-id"] == [
+        rid.split(b":", 1)[1].strip().decode()]  # one ID upstream: the gateway's

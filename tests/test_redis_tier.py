@@ -322,3 +322,38 @@ async def redis_outage(tmp_path: Path, outage_seconds: float) -> dict[str, Any]:
             private.kill()
 
 
+
+
+class SlowStore(CountingStore):
+    release: asyncio.Event
+
+    async def get_key(self, key_id: str):  # type: ignore[no-untyped-def]
+        record = await super().get_key(key_id)
+        await SlowStore.release.wait()  # the read is done; the answer is still on its way
+        return record
+
+
+async def test_a_change_during_a_load_is_not_undone_by_it(tmp_path: Path) -> None:
+    """A read that began before a revocation must not cache its pre-revocation record
+    after the revocation's drop arrived."""
+    store = await SlowStore.open(str(tmp_path / "keys.db"))
+    keyring = Keyring.generate(datetime.now(UTC))
+    try:
+        from gateway.config import load_config
+
+        issued = await KeyManager(store, keyring, load_config(None, env={}).policy).create(
+            NewKey(principal="p"), actor=Actor("cli:test"), now=datetime.now(UTC))
+        cache = KeyCache(store, keyring, ttl=60, negative_ttl=10, max_entries=100,
+                         serve_stale=900, inactivity=0)
+        SlowStore.release = asyncio.Event()
+        CountingStore.reads = 0
+        load = asyncio.create_task(cache.get(issued.record.key_id))
+        await asyncio.sleep(0.05)
+        cache.drop([issued.record.key_id])  # the revocation arrives mid-read
+        SlowStore.release.set()
+        assert await load is not None  # this request still gets an answer...
+        assert issued.record.key_id not in cache  # ...but it is not kept
+        await cache.get(issued.record.key_id)
+        assert CountingStore.reads == 2  # the next request reads the store again
+    finally:
+        await store.close()

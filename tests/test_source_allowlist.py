@@ -177,3 +177,14 @@ async def test_cli_sets_and_changes_the_networks(v4: GatewayProcess) -> None:
         assert done.returncode == status and message in done.stderr, (args, done.stderr)
     done = v4.cli("keys", "update", "gwk_nope", "--name", "x")
     assert (done.returncode, done.stderr) == (2, "gateway: error: malformed key ID\n")
+
+
+async def test_a_forged_line_before_the_proxys_own_line_does_not_win(
+        v4_proxied: GatewayProcess) -> None:
+    # HAProxy's `option forwardfor` adds its own X-Forwarded-For line after the client's:
+    # every line counts, so the forged allowed address on the first line is ignored
+    key = Key.of(await v4_proxied.create_key(source_cidrs=("10.0.0.0/8",)))
+    headers = (("X-Forwarded-For", "10.1.2.3"), ("X-Forwarded-For", "203.0.113.9"))
+    status, doc, _ = await send(v4_proxied.url, "GET", "/api/src",
+                                signed(v4_proxied.host, key, "GET", "/api/src", headers=headers))
+    assert (status, doc["error"]) == (403, "source_denied")

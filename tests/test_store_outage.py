@@ -29,6 +29,7 @@ async def test_store_outage(tmp_path: Path, postgres_url: str) -> None:
     gw = start_gateway(tmp_path, up, store_url=via_proxy)
     try:
         cached, uncached = await gw.create_key(), await gw.create_key()
+        await asyncio.sleep(0.3)  # the change poll has seen both creations
         status, _, _ = await send(gw, "GET", "/api/s/warm", ours(gw, cached, "GET", "/api/s/warm"))
         assert status == 200
         proxy.sever()

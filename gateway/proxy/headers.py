@@ -67,8 +67,9 @@ def upstream_headers(received: Sequence[tuple[str, str]], *, peer: str, peer_tru
     credentials, hop-by-hop headers, ``X-Gateway-*`` and (from an untrusted peer)
     forwarding headers; then ours: identity, ``X-Forwarded-*``."""
     # Host and Content-Length are the forwarder's to write; Expect was answered here
+    # (X-Request-Id: the gateway's own comes with the identity headers)
     drop = HOP_BY_HOP | AUTH_HEADERS | _connection_tokens(received) | {
-        "host", "content-length", "expect"}
+        "host", "content-length", "expect", "x-request-id"}
     out: Headers = []
     forwarded_for = proto = fhost = None
     for name, value in received:

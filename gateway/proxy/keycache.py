@@ -103,6 +103,11 @@ class KeyCache:
         self._entries: dict[str, tuple[KeyEntry | None, float]] = {}
         self._inflight: dict[str, asyncio.Future[KeyEntry | None]] = {}
         self._seen_seq: int | None = None  # None until the first poll
+        # a load that began before its key was dropped (or everything was) must not cache
+        # its possibly pre-change result afterwards: drop sequence numbers per key
+        self._drops = 0
+        self._dropped_at: dict[str, int] = {}
+        self._cleared_at = 0
         self.store_ok = True  # did the last change poll reach the store?
         self.stats = CacheStats()
 
@@ -138,6 +143,7 @@ class KeyCache:
 
     async def _load(self, key_id: str, cached: tuple[KeyEntry | None, float] | None,
                     now: float) -> KeyEntry | None:
+        generation = self._drops
         if self._shared is not None and self._shared.healthy:
             try:
                 found, record = await self._shared.get_record(key_id)
@@ -145,14 +151,15 @@ class KeyCache:
                 found = False
             if found:
                 self.stats.shared_hits += 1
-                return self._entry(key_id, record)
+                return self._entry(key_id, record, generation)
         record = await self._read_store(key_id, cached, now)
         if isinstance(record, _Stale):
             return record.entry
-        if self._shared is not None and self._shared.healthy:
+        if self._shared is not None and self._shared.healthy and \
+                self._unchanged(key_id, generation):
             await self._shared.put_record(key_id, record, self._ttl if record is not None
                                           else self._negative_ttl)
-        return self._entry(key_id, record)
+        return self._entry(key_id, record, generation)
 
     async def _read_store(self, key_id: str, cached: tuple[KeyEntry | None, float] | None,
                           now: float) -> KeyRecord | None | _Stale:
@@ -166,7 +173,8 @@ class KeyCache:
                 return _Stale(cached[0])
             raise
 
-    def _entry(self, key_id: str, record: KeyRecord | None) -> KeyEntry | None:
+    def _entry(self, key_id: str, record: KeyRecord | None, generation: int
+               ) -> KeyEntry | None:
         entry = None
         if record is not None:
             try:
@@ -175,7 +183,8 @@ class KeyCache:
                 log.error("cannot unwrap key material: %s", exc)
                 raise GatewayError("store_unavailable", "key material is unavailable") from None
             entry = KeyEntry(record, secret, self._inactivity)
-        self._put(key_id, entry, self._clock())
+        if self._unchanged(key_id, generation):  # else a change came while we read: don't keep
+            self._put(key_id, entry, self._clock())
         return entry
 
     def _put(self, key_id: str, entry: KeyEntry | None, at: float) -> None:
@@ -184,11 +193,21 @@ class KeyCache:
             del self._entries[next(iter(self._entries))]
         self._entries[key_id] = (entry, at)
 
+    def _unchanged(self, key_id: str, since: int) -> bool:
+        return self._cleared_at <= since and self._dropped_at.get(key_id, 0) <= since
+
     def drop(self, key_ids: Iterable[str]) -> None:
+        self._drops += 1
+        if not self._inflight:  # only loads in flight need to know: keep this small
+            self._dropped_at.clear()
         for key_id in key_ids:
             self._entries.pop(key_id, None)
+            self._dropped_at[key_id] = self._drops
 
     def clear(self) -> None:
+        self._drops += 1
+        self._cleared_at = self._drops
+        self._dropped_at.clear()
         self._entries.clear()
 
     async def poll_changes(self) -> int:

@@ -55,6 +55,7 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.idle_since = 0.0
         self._timer: asyncio.TimerHandle | None = None
+        self._loop = asyncio.get_running_loop()  # once per connection, not per request
         self._reset()
 
     def _reset(self) -> None:
@@ -67,6 +68,7 @@ class _Connection(asyncio.Protocol):
         self._complete = False
         self._started = False
         self._wakeup: asyncio.Future[None] | None = None
+        self._error: BaseException | None = None
         self._paused = False
         self.keep_alive = False
         self.close_delimited = False
@@ -99,10 +101,16 @@ class _Connection(asyncio.Protocol):
 
     # -- httptools callbacks -----------------------------------------------------------
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
+        if not self.status:  # (headers after the final response's: see on_headers_complete)
+            self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         assert self._parser is not None
+        if self.status:  # a second final response to one request: never trust this again
+            self._fail(GatewayError("upstream_unreachable",
+                                    "the upstream sent more than one response"))
+            self.close()
+            return
         status = self._parser.get_status_code()
         if 100 <= status < 200:  # informational: wait for the real answer
             self.headers = []
@@ -137,6 +145,7 @@ class _Connection(asyncio.Protocol):
             self._wakeup.set_result(None)
 
     def _fail(self, exc: BaseException) -> None:
+        self._error = exc  # later waits raise it at once
         for future in (self._head, self._wakeup):
             if future is not None and not future.done():
                 future.set_exception(exc)
@@ -149,20 +158,30 @@ class _Connection(asyncio.Protocol):
         """Write one request and wait for the response head; the exchange, body included,
         must end by ``deadline`` (one timer: cheaper than an ``asyncio.timeout`` scope)."""
         self._reset()
+        self._loop = loop
         self._timer = loop.call_at(deadline, self.expire)
         self._parser = httptools.HttpResponseParser(self)
-        self._head = asyncio.get_running_loop().create_future()
+        self._head = loop.create_future()
         if self.transport is None or self.closed:
             raise _Closed(False)
         self.transport.write(data)
         await self._head
+        if self._error is not None:  # the same read held something that broke the exchange
+            raise self._error
+
+    def _check(self) -> None:
+        if self._error is not None:
+            raise self._error
+        if self.closed:
+            raise _Closed(True)
 
     async def next_chunk(self) -> bytes | None:
         """The next piece of the body; ``None`` at its end."""
         while not self._chunks:
             if self._complete:
                 return None
-            self._wakeup = asyncio.get_running_loop().create_future()
+            self._check()
+            self._wakeup = self._loop.create_future()
             await self._wakeup
         chunk = self._chunks.popleft()
         self._queued -= len(chunk)
@@ -174,7 +193,8 @@ class _Connection(asyncio.Protocol):
     async def read_all(self) -> bytes:
         """The whole (small) body."""
         while not self._complete:
-            self._wakeup = asyncio.get_running_loop().create_future()
+            self._check()
+            self._wakeup = self._loop.create_future()
             await self._wakeup
         body = b"".join(self._chunks)
         self._chunks.clear()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import math
+import re
 import secrets
 import time
 import uuid
@@ -35,6 +36,7 @@ from .usage import UsageRecorder
 
 __all__ = ["Authenticated", "DataPlane", "KeyRefused", "decoded_headers", "error_response"]
 
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")  # a client's X-Request-Id we pass on
 # verified against when the key ID is unknown, so both cost the same (DESIGN §5)
 _DUMMY_SECRET = ("gws_" + secrets.token_urlsafe(40)).encode("ascii")
 _PRESIGN_PARAMS = ("X-Amz-Algorithm=", "X-Amz-Credential=", "X-Amz-Date=", "X-Amz-Expires=",
@@ -134,7 +136,8 @@ class DataPlane:
 
     async def _handle(self, request: web.BaseRequest, now: float
                       ) -> tuple[web.StreamResponse, KeyRecord | None]:
-        request_id = request.headers.get("X-Request-Id") or self._new_request_id()
+        offered = request.headers.get("X-Request-Id", "")
+        request_id = offered if _REQUEST_ID.fullmatch(offered) else self._new_request_id()
         answer = [("X-Request-Id", request_id)]
         route_name = "-"
         record: KeyRecord | None = None
@@ -200,7 +203,7 @@ class DataPlane:
     def _count_use(self, request: web.BaseRequest, record: KeyRecord, route: str, status: int,
                    now: float) -> None:
         client = self.trusted.client_address(_peer(request),
-                                             request.headers.get("X-Forwarded-For"))
+                                             _forwarded_for(request))
         self.usage.count(record.key_id, route, status, client, now)
 
     async def authenticate(self, request: web.BaseRequest, headers: tuple[tuple[str, str], ...],
@@ -214,13 +217,14 @@ class DataPlane:
         signed = Request(request.method, request.raw_path, headers,
                          scheme=self._scheme or request.scheme, authority=self._authority)
         auth = parse(signed, policy, now)
-        # 5. a malformed key ID is refused without any lookup (only well-formed IDs are
-        # ever cached, so a cached one needs no checksum again)
-        well_formed = auth.key_id in self.cache or is_well_formed_key_id(auth.key_id)
+        # 5. a malformed key ID is refused without any lookup or reading the body (the
+        # format is public: this tells nothing; only well-formed IDs are ever cached)
+        if auth.key_id not in self.cache and not is_well_formed_key_id(auth.key_id):
+            raise SignatureError("signature_invalid", "the signature does not match the request")
         # 6. the body, under the limit (answers Expect: 100-continue first)
         body = await self._read_body(request, max_body)
         # 7. the key (cache, then store: 503 only if the store is down and it is not cached)
-        entry = await self.cache.get(auth.key_id) if well_formed else None
+        entry = await self.cache.get(auth.key_id)
         # 8. the MAC, against a dummy secret when the key is unknown (same cost, same code)
         facts = auth.verify(entry.secret if entry else _DUMMY_SECRET, Body(body))
         if entry is None:
@@ -273,7 +277,7 @@ class DataPlane:
             raise GatewayError("mfa_required", "keys issued without MFA are refused")
         if entry.sources is not None:
             peer = _peer(request)
-            client = self.trusted.client_address(peer, request.headers.get("X-Forwarded-For"))
+            client = self.trusted.client_address(peer, _forwarded_for(request))
             if not entry.sources.trusts(client):
                 raise GatewayError("source_denied", "the key may not be used from this address")
 
@@ -291,7 +295,7 @@ class DataPlane:
                 raise GatewayError("not_implemented", "this listener cannot issue keys")
             now = datetime.now(UTC)
             client = self.trusted.client_address(_peer(request),
-                                                 request.headers.get("X-Forwarded-For"))
+                                                 _forwarded_for(request))
             issued = await self_rotate(self.manager, record, auth.body, source=client, now=now)
             # this instance sees the change at once, the others within one change poll
             self.cache.drop((record.key_id, issued.record.key_id))
@@ -303,6 +307,13 @@ class DataPlane:
         for name, value in answer:
             response.headers[name] = value
         return response
+
+
+def _forwarded_for(request: web.BaseRequest) -> str | None:
+    """Every X-Forwarded-For line, joined: a load balancer may append a line of its own
+    after one the client forged, and the rightmost entries are the ones to believe."""
+    lines = request.headers.getall("X-Forwarded-For", ())
+    return ", ".join(lines) if lines else None
 
 
 def _peer(request: web.BaseRequest) -> str:

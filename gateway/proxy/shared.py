@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from ..config import RedisConfig
 from ..keys.record import KeyRecord
@@ -107,6 +107,8 @@ class _Batch:
             if future.done():
                 continue
             if isinstance(result, Exception):
+                if isinstance(result, NoScriptError):  # Redis restarted: load it again
+                    self._tier._gcra = None
                 future.set_exception(RedisDown())
             else:
                 future.set_result(result)
@@ -205,7 +207,11 @@ class SharedTier:
     async def allow(self, key_id: str, rps: float, burst: int) -> tuple[bool, float]:
         """GCRA across every instance; (allowed, seconds until allowed)."""
         if self._gcra is None:
-            self._gcra = await self.client.script_load(_GCRA)
+            try:
+                self._gcra = await self.client.script_load(_GCRA)
+            except (RedisError, OSError) as exc:
+                self.failed(exc)
+                raise RedisDown() from None
         interval = int(1_000_000 / rps)
         allowed, wait = await self._batch.submit(
             "EVALSHA", self._gcra, 1, f"{self.prefix}rate:{key_id}", interval,
