@@ -224,6 +224,8 @@ def load_config(path: str | os.PathLike[str] | None = None,
             raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+        except UnicodeDecodeError as exc:  # found by the config fuzz target
+            raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.start})") from exc
     _apply_env(raw, env)
     config = _build(Config, raw, "")
     _check(config)

@@ -85,3 +85,11 @@ def test_every_catalogue_code_renders_its_status() -> None:
         assert err.status == status and err.body() == {"error": code, "message": "a sentence"}
     with pytest.raises(ValueError):
         GatewayError("made_up", "codes are added to the catalogue first")
+
+
+def test_a_config_file_that_is_not_utf8_is_a_clear_error(tmp_path: Path) -> None:
+    # found by the atheris config target (tests/fuzz/corpus/config/not-utf8)
+    path = tmp_path / "gateway.toml"
+    path.write_bytes(b'[server]\nlisten = "\x85"\n')
+    with pytest.raises(ConfigError, match="is not UTF-8 text"):
+        load_config(path, env={})
