@@ -27,9 +27,11 @@ def parse(request: Request, policy: Policy, now: float) -> SigV4Auth | RFC9421Au
     SigV4 header auth, SigV4 query auth and RFC 9421 are mutually exclusive
     (DESIGN §2.1 "One scheme per request").
     """
-    authorization = request.header_values("authorization")
-    query_params = query_auth_params(request.query)
-    rfc9421 = request.has_header("signature-input") or request.has_header("signature")
+    index = request._index
+    authorization = index.get("authorization", ())
+    target = request.target
+    query_params = query_auth_params(target[target.index("?") + 1:] if "?" in target else None)
+    rfc9421 = "signature-input" in index or "signature" in index
     used = bool(authorization) + bool(query_params) + rfc9421
     if used > 1:
         raise SignatureError("ambiguous_auth", "the request carries more than one signature scheme")

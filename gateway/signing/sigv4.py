@@ -205,7 +205,8 @@ class SigV4Auth:
                         body_signed)
 
 
-def _credential(value: str, amz_date: str, policy: Policy) -> tuple[str, str, str]:
+@lru_cache(maxsize=4096)  # one value per key and day: parsed once
+def _credential_parts(value: str) -> tuple[str, str, str, str]:
     parts = value.split("/")
     if len(parts) != 5:
         raise _bad("Credential must be KEYID/YYYYMMDD/region/service/aws4_request")
@@ -214,6 +215,11 @@ def _credential(value: str, amz_date: str, policy: Policy) -> tuple[str, str, st
         raise _bad("the access key ID in Credential is empty or has illegal characters")
     if terminator != TERMINATOR:
         raise _bad("the credential scope must end with aws4_request")
+    return key_id, date, region, service
+
+
+def _credential(value: str, amz_date: str, policy: Policy) -> tuple[str, str, str]:
+    key_id, date, region, service = _credential_parts(value)
     if date != amz_date[:8]:
         raise _bad("the credential scope date does not match X-Amz-Date")
     if region not in policy.sigv4_regions:
