@@ -91,7 +91,7 @@ async def _demo(ctx: Context) -> int:
     store = await open_store(config.store.url)
     manager = KeyManager(store, load_keyring(config.kek.keyring), config.policy)
     issued = await manager.create(NewKey(principal="demo", name="demo key", scopes=("demo",),
-                                         expiry=86400.0), actor=cli_actor(),
+                                         expiry=30 * 86400.0), actor=cli_actor(),
                                   now=datetime.now(UTC))
     await store.close()
     key_id, secret = issued.record.key_id, issued.secret.reveal()
