@@ -22,6 +22,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+import redis
 
 from .admin_client import Key, admin, bootstrap_admin, data, until
 from .conftest import ROOT
@@ -32,7 +33,10 @@ EXTRA = '[usage]\nflush = "100ms"\n'
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory: pytest.TempPathFactory, upstream: Upstream,
-         postgres_url: str) -> Iterator[tuple[GatewayProcess, GatewayProcess]]:
+         postgres_url: str, redis_url: str
+         ) -> Iterator[tuple[GatewayProcess, GatewayProcess]]:
+    """Two instances on one PostgreSQL schema and one Redis (a prefix of their own):
+    lifecycle changes reach the other instance by pub/sub, the poll behind it."""
     schema = f"drill_{secrets.token_hex(6)}"
 
     async def sql(text: str) -> None:
@@ -44,9 +48,11 @@ def pair(tmp_path_factory: pytest.TempPathFactory, upstream: Upstream,
 
     asyncio.run(sql(f'CREATE SCHEMA "{schema}"'))
     store_url = f"{postgres_url}?search_path={schema}"
-    a = start_gateway(tmp_path_factory.mktemp("gw-a"), upstream, EXTRA, store_url=store_url)
+    prefix = f"gwtest:{secrets.token_hex(6)}:"
+    extra = EXTRA + f'[redis]\nurl = "{redis_url}"\nprefix = "{prefix}"\n'
+    a = start_gateway(tmp_path_factory.mktemp("gw-a"), upstream, extra, store_url=store_url)
     try:
-        b = start_gateway(tmp_path_factory.mktemp("gw-b"), upstream, EXTRA,
+        b = start_gateway(tmp_path_factory.mktemp("gw-b"), upstream, extra,
                           store_url=store_url, keyring=a.config_path.parent / "keyring.json")
     except BaseException:
         stop(a.proc)
@@ -55,6 +61,10 @@ def pair(tmp_path_factory: pytest.TempPathFactory, upstream: Upstream,
     stop(a.proc)
     stop(b.proc)
     asyncio.run(sql(f'DROP SCHEMA "{schema}" CASCADE'))
+    client = redis.Redis.from_url(redis_url)
+    for name in client.scan_iter(match=prefix + "*"):
+        client.delete(name)
+    client.close()
 
 
 @dataclass
