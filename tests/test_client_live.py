@@ -6,23 +6,15 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import pytest
 
-from gateway.client import Credentials, HttpxAuth, RequestsAuth, aiohttp_middleware
+from gateway.client import Credentials
 
 from .gateway_fixtures import GatewayProcess
 from .test_client_e2e import call
-
-
-def auth_for(adapter: str, creds: Credentials, scheme: str) -> Any:
-    if adapter == "requests":
-        return RequestsAuth(creds, scheme=scheme)
-    if adapter.startswith("httpx"):
-        return HttpxAuth(creds, scheme=scheme)
-    return aiohttp_middleware(creds, scheme=scheme)
+from .test_client_two_keys import make_auth
 
 
 @pytest.mark.parametrize("scheme", ["sigv4", "rfc9421"])
@@ -30,7 +22,7 @@ def auth_for(adapter: str, creds: Credentials, scheme: str) -> Any:
 def test_sdk_through_the_live_gateway(gateway: GatewayProcess, adapter: str,
                                       scheme: str) -> None:
     key = asyncio.run(gateway.create_key())
-    auth = auth_for(adapter, Credentials(key.record.key_id, key.secret.reveal()), scheme)
+    auth = make_auth(adapter, Credentials(key.record.key_id, key.secret.reveal()), scheme)
     base = f"{gateway.url}/api/sdk-{adapter}-{scheme}"
 
     status, echo = call(adapter, auth, "GET", base + "/ünï cödé/ß",

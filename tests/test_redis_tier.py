@@ -217,16 +217,21 @@ class CountingStore(SQLiteStore):
         return await super().get_key(key_id)
 
 
+async def one_key_and_a_cache(store: SQLiteStore) -> tuple[Any, KeyCache]:
+    from gateway.config import load_config
+
+    keyring = Keyring.generate(datetime.now(UTC))
+    issued = await KeyManager(store, keyring, load_config(None, env={}).policy).create(
+        NewKey(principal="p"), actor=Actor("cli:test"), now=datetime.now(UTC))
+    cache = KeyCache(store, keyring, ttl=60, negative_ttl=10, max_entries=100,
+                     serve_stale=900, inactivity=0)
+    return issued, cache
+
+
 async def test_one_store_read_for_1000_concurrent_first_requests(tmp_path: Path) -> None:
     store = await CountingStore.open(str(tmp_path / "keys.db"))
-    keyring = Keyring.generate(datetime.now(UTC))
     try:
-        from gateway.config import load_config
-
-        issued = await KeyManager(store, keyring, load_config(None, env={}).policy).create(
-            NewKey(principal="p"), actor=Actor("cli:test"), now=datetime.now(UTC))
-        cache = KeyCache(store, keyring, ttl=60, negative_ttl=10, max_entries=100,
-                         serve_stale=900, inactivity=0)
+        issued, cache = await one_key_and_a_cache(store)
         CountingStore.reads = 0
         entries = await asyncio.gather(*(cache.get(issued.record.key_id) for _ in range(1000)))
         assert CountingStore.reads == 1
@@ -337,14 +342,8 @@ async def test_a_change_during_a_load_is_not_undone_by_it(tmp_path: Path) -> Non
     """A read that began before a revocation must not cache its pre-revocation record
     after the revocation's drop arrived."""
     store = await SlowStore.open(str(tmp_path / "keys.db"))
-    keyring = Keyring.generate(datetime.now(UTC))
     try:
-        from gateway.config import load_config
-
-        issued = await KeyManager(store, keyring, load_config(None, env={}).policy).create(
-            NewKey(principal="p"), actor=Actor("cli:test"), now=datetime.now(UTC))
-        cache = KeyCache(store, keyring, ttl=60, negative_ttl=10, max_entries=100,
-                         serve_stale=900, inactivity=0)
+        issued, cache = await one_key_and_a_cache(store)
         SlowStore.release = asyncio.Event()
         CountingStore.reads = 0
         load = asyncio.create_task(cache.get(issued.record.key_id))
