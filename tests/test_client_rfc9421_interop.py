@@ -10,28 +10,19 @@ from urllib.parse import quote
 import pytest
 from http_message_signatures import HTTPMessageVerifier, InvalidSignature, MappingKeyResolver
 from http_message_signatures.algorithms import HMAC_SHA256
-from http_message_signatures.structures import CaseInsensitiveDict
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.client import Credentials, RFC9421Signer
 
 from .client_server import new_key
+from .test_rfc9421_interop import Message
 
 KEY_ID, SECRET = new_key()
 KEY = Credentials(KEY_ID, SECRET)
 RESOLVER = MappingKeyResolver(public_keys={KEY_ID: SECRET.encode()}, private_keys={})
 VERIFIER = HTTPMessageVerifier(signature_algorithm=HMAC_SHA256, key_resolver=RESOLVER)
 PROPERTY = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-
-class Message:
-    """The request interface the library reads: method, encoded absolute url, headers."""
-
-    def __init__(self, method: str, url: str, headers: list[tuple[str, str]]) -> None:
-        self.method = method
-        self.url = url
-        self.headers = CaseInsensitiveDict(headers)
 
 
 text = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=10)

@@ -16,8 +16,7 @@ from collections.abc import AsyncGenerator, AsyncIterable, Generator
 import httpx
 from httpx._multipart import MultipartStream
 
-from ._credentials import Credentials
-from ._session import EXPIRES_HEADER, Attempts, Scheme, SigningSession, auth_failure
+from ._session import EXPIRES_HEADER, Attempts, SessionAdapter, auth_failure
 
 __all__ = ["HttpxAuth"]
 
@@ -37,7 +36,7 @@ def _url(request: httpx.Request) -> str:
     return f"{request.url.scheme}://{request.headers['Host']}{request.url.raw_path.decode('ascii')}"
 
 
-class HttpxAuth(httpx.Auth):
+class HttpxAuth(SessionAdapter, httpx.Auth):
     """Sign every request of an ``httpx.Client`` or ``httpx.AsyncClient``::
 
         client = httpx.Client(auth=HttpxAuth(Credentials.from_env()))
@@ -46,20 +45,6 @@ class HttpxAuth(httpx.Auth):
     ``failures`` counts auth failures per key ID; ``key_id`` is the key tried first.
     """
 
-    def __init__(self, credentials: Credentials, *, scheme: Scheme = "sigv4",
-                 region: str = "local", service: str = "gateway",
-                 unsigned_payload: bool = False, retry_current_after: float = 60.0) -> None:
-        self.session = SigningSession(credentials, scheme=scheme, region=region,
-                                      service=service, unsigned_payload=unsigned_payload,
-                                      retry_current_after=retry_current_after)
-
-    @property
-    def key_id(self) -> str:
-        return self.session.key_id
-
-    @property
-    def failures(self) -> dict[str, int]:
-        return self.session.failures
 
     def _start(self, request: httpx.Request, body: bytes | None) -> Attempts:
         flow = self.session.attempts(request.method, _url(request),

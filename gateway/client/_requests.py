@@ -19,8 +19,7 @@ import requests
 from requests.auth import AuthBase
 from urllib3.util.url import _encode_target
 
-from ._credentials import Credentials
-from ._session import EXPIRES_HEADER, Attempts, Scheme, SigningSession, auth_failure
+from ._session import EXPIRES_HEADER, Attempts, SessionAdapter, auth_failure
 from ._signers import split_url
 
 __all__ = ["RequestsAuth"]
@@ -56,7 +55,7 @@ def _host(url: str) -> str:
     return f"{name.rstrip('.')}:{port}" if colon else host.rstrip(".")
 
 
-class RequestsAuth(AuthBase):
+class RequestsAuth(SessionAdapter, AuthBase):
     """Sign every request of a ``requests`` session or call::
 
         session.auth = RequestsAuth(Credentials.from_file("~/.config/gw.json"))
@@ -65,20 +64,6 @@ class RequestsAuth(AuthBase):
     ``failures`` counts auth failures per key ID; ``key_id`` is the key tried first.
     """
 
-    def __init__(self, credentials: Credentials, *, scheme: Scheme = "sigv4",
-                 region: str = "local", service: str = "gateway",
-                 unsigned_payload: bool = False, retry_current_after: float = 60.0) -> None:
-        self.session = SigningSession(credentials, scheme=scheme, region=region,
-                                      service=service, unsigned_payload=unsigned_payload,
-                                      retry_current_after=retry_current_after)
-
-    @property
-    def key_id(self) -> str:
-        return self.session.key_id
-
-    @property
-    def failures(self) -> dict[str, int]:
-        return self.session.failures
 
     def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
         body = _body_bytes(request)

@@ -220,3 +220,23 @@ class SigningSession:
             if self._preferred not in fresh.key_ids:
                 self._preferred = fresh.key_id
             return self._keys
+
+
+class SessionAdapter:
+    """What every adapter shares: one :class:`SigningSession`, the key tried first and
+    the failure counts per key (the two-key mode's evidence)."""
+
+    def __init__(self, credentials: Credentials, *, scheme: Scheme = "sigv4",
+                 region: str = "local", service: str = "gateway",
+                 unsigned_payload: bool = False, retry_current_after: float = 60.0) -> None:
+        self.session = SigningSession(credentials, scheme=scheme, region=region,
+                                      service=service, unsigned_payload=unsigned_payload,
+                                      retry_current_after=retry_current_after)
+
+    @property
+    def key_id(self) -> str:
+        return self.session.key_id
+
+    @property
+    def failures(self) -> dict[str, int]:
+        return self.session.failures
