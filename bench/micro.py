@@ -54,7 +54,7 @@ async def _cases(tmp: Path) -> tuple[dict[str, Callable[[], object]], list[objec
     key = (issued.record.key_id, issued.secret.reveal())
     secret = key[1].encode()
     cache = KeyCache(store, keyring, ttl=3600, negative_ttl=10, max_entries=100_000,
-                     serve_stale=900)
+                     serve_stale=900, inactivity=PolicyConfig().inactivity)
     await cache.get(key[0])  # loaded: every later get is a hit
     policy = Policy()
     now = time.time()

@@ -209,10 +209,12 @@ def start_nginx_proxy(workdir: Path, upstream_port: int, *, njs: bool) -> Target
 
 def start_gateway(workdir: Path, name: str, upstream: str, *, store_url: str, keyring: Path,
                   replay: str, workers: int, cache_ttl: str, body_limit: int,
-                  src: Path = ROOT) -> Target:
+                  redis_url: str = "", src: Path = ROOT) -> Target:
     """(d) ``gateway serve``, imported from ``src`` (default: this checkout); its access
-    log (stdout) goes to ``NAME.access.jsonl``."""
+    log (stdout) goes to ``NAME.access.jsonl``. With ``redis_url``, the Redis tier is on
+    (under a key prefix of its own)."""
     port, admin = free_port(), free_port()
+    redis = (f'[redis]\nurl = "{redis_url}"\nprefix = "bench:{port}:"\n' if redis_url else "")
     config = workdir / f"{name}.toml"
     config.write_text(f"""
 [server]
@@ -229,7 +231,7 @@ keyring = "{keyring}"
 ttl = "{cache_ttl}"
 [auth]
 replay = "{replay}"
-[log]
+{redis}[log]
 access_log = true
 
 [[routes]]
