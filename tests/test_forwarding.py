@@ -176,3 +176,52 @@ async def test_an_upstream_that_answers_twice_is_not_believed(tmp_path) -> None:
         stop(gw.proc)
         server.close()
         await server.wait_closed()
+
+
+async def test_http10_clients_and_an_upstream_that_sends_no_date(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The buffered answer writes its own head: an HTTP/1.0 client gets its connection
+    closed unless it asked for keep-alive, and a response the origin left undated gets
+    a Date (RFC 9110 §6.6.1), for both forwarders."""
+    from .conftest import free_port
+    from .gateway_fixtures import Upstream, start_gateway, stop
+
+    async def undated(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while await reader.readuntil(b"\r\n\r\n"):
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Up: 1\r\n\r\nok")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    async def exchange(gw: GatewayProcess, key: Issued, reader: asyncio.StreamReader,
+                       writer: asyncio.StreamWriter, target: str, *extra: str) -> bytes:
+        lines = [f"GET {target} HTTP/1.0", *extra,
+                 *(f"{n}: {v}" for n, v in ours(gw, key, "GET", target))]
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert await reader.readexactly(2) == b"ok"
+        return head.lower()
+
+    port = free_port()
+    server = await asyncio.start_server(undated, "127.0.0.1", port)
+    fake = Upstream(port, tmp_path / "none.jsonl", None)  # type: ignore[arg-type]
+    for forwarder in ("lean", "aiohttp"):
+        (tmp_path / forwarder).mkdir()
+        gw = await asyncio.to_thread(start_gateway, tmp_path / forwarder, fake,
+                                     server=f'forwarder = "{forwarder}"')
+        try:
+            key = await gw.create_key()
+            reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+            head = await exchange(gw, key, reader, writer, "/api/ten-keep",
+                                  "Connection: keep-alive")
+            assert head.startswith(b"http/1.0 200") or head.startswith(b"http/1.1 200")
+            assert b"\r\ndate: " in head and b"\r\nx-up: 1\r\n" in head
+            assert b"\r\nconnection: keep-alive\r\n" in head
+            head = await exchange(gw, key, reader, writer, "/api/ten-again")  # same socket
+            assert b"\r\ndate: " in head
+            assert await asyncio.wait_for(reader.read(), 5) == b""  # closed after 1.0
+            writer.close()
+        finally:
+            stop(gw.proc)
+    server.close()
+    await server.wait_closed()

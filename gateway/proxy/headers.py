@@ -8,7 +8,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 
-__all__ = ["HOP_BY_HOP", "TrustedProxies", "response_headers", "upstream_headers"]
+__all__ = ["HOP_BY_HOP", "TrustedProxies", "raw_response_headers", "response_headers",
+           "upstream_headers"]
 
 Headers = list[tuple[str, str]]
 
@@ -101,3 +102,20 @@ def response_headers(received: Iterable[tuple[str, str]]) -> Headers:
     pairs = list(received)
     drop = HOP_BY_HOP | _connection_tokens(pairs)
     return [(n, v) for n, v in pairs if n.lower() not in drop]
+
+
+_RAW_HOP_BY_HOP = frozenset(n.encode("ascii") for n in HOP_BY_HOP)
+
+
+def raw_response_headers(received: Sequence[tuple[bytes, bytes]], *, keep_length: bool
+                         ) -> list[bytes]:
+    """:func:`response_headers` over the raw lines of a parsed response, as
+    ``b"Name: value\\r\\n"`` lines (llhttp has refused CR, LF and NUL in them);
+    ``Content-Length`` too unless ``keep_length``."""
+    drop = set(_RAW_HOP_BY_HOP)
+    if not keep_length:
+        drop.add(b"content-length")
+    for name, value in received:
+        if name.lower() == b"connection":
+            drop.update(t.strip().lower() for t in value.split(b",") if t.strip())
+    return [b"%s: %s\r\n" % (n, v) for n, v in received if n.lower() not in drop]

@@ -17,13 +17,15 @@ import asyncio
 import ssl
 import time
 from collections import deque
+from http import HTTPStatus
 
 import httptools
 from aiohttp import web
+from aiohttp.helpers import rfc822_formatted_time
 
 from ..errors import GatewayError
 from .forward import UpstreamRequest
-from .headers import response_headers
+from .headers import raw_response_headers, response_headers
 from .routes import Route
 
 __all__ = ["LeanForwarder"]
@@ -32,6 +34,7 @@ BUFFER_LIMIT = 64 * 1024  # answered in one write up to this size
 HIGH_WATER = 256 * 1024  # pause reading the upstream above this much unsent data
 LOW_WATER = 64 * 1024
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+_REASONS = {s.value: s.phrase.encode("ascii") for s in HTTPStatus}
 
 
 class _Expired(Exception):
@@ -357,21 +360,21 @@ class LeanForwarder:
     async def _answer(self, client: web.BaseRequest, conn: _Connection,
                       extra_headers: list[tuple[str, str]], started: list[web.StreamResponse],
                       *, head: bool) -> web.StreamResponse:
-        headers = response_headers((n.decode("latin-1"), v.decode("latin-1"))
-                                   for n, v in conn.headers)
         if head or conn.status in (204, 304):
             if head:  # llhttp would wait for the body a HEAD response does not have
                 conn.keep_alive = False
-            response = web.Response(status=conn.status)
-            _copy(response, headers, extra_headers, keep_length=head)
+            response = _Buffered(conn.status, conn.headers, extra_headers, None,
+                                 keep_length=head)
             conn.finish()
             return response
         if 0 <= conn.content_length <= BUFFER_LIMIT:
             body = await conn.read_all()
-            response = web.Response(status=conn.status, body=body)
-            _copy(response, headers, extra_headers, keep_length=False)
+            response = _Buffered(conn.status, conn.headers, extra_headers, body,
+                                 keep_length=False)
             conn.finish()
             return response
+        headers = response_headers((n.decode("latin-1"), v.decode("latin-1"))
+                                   for n, v in conn.headers)
         response = web.StreamResponse(status=conn.status)
         _copy(response, headers, extra_headers, keep_length=True)
         if conn.content_length < 0:
@@ -399,3 +402,52 @@ def _copy(response: web.StreamResponse, headers: list[tuple[str, str]],
             response.headers.add(name, value)
     for name, value in extra:
         response.headers[name] = value
+
+
+class _Buffered(web.StreamResponse):
+    """A whole upstream response (``body=None``: one that has no body — HEAD, 204,
+    304) written to the client in one write, its head serialised once from the raw
+    lines the upstream sent: no header objects built and read back."""
+
+    def __init__(self, status: int, headers: list[tuple[bytes, bytes]],
+                 extra: list[tuple[str, str]], body: bytes | None, *,
+                 keep_length: bool) -> None:
+        super().__init__(status=status)
+        self._lines = raw_response_headers(headers, keep_length=keep_length)
+        self._extra = extra
+        self._content = body
+        self._dated = any(n.lower() == b"date" for n, _ in headers)
+
+    async def prepare(self, request: web.BaseRequest) -> None:
+        if self._eof_sent:
+            return None
+        version = request.version
+        keep_alive = self._keep_alive = request.keep_alive
+        status = self.status
+        parts = [b"HTTP/%d.%d %d %s\r\n" % (version.major, version.minor, status,
+                                                _REASONS.get(status, b"Unknown")),
+                 *self._lines]
+        parts += [f"{n}: {v}\r\n".encode("latin-1") for n, v in self._extra]
+        if not self._dated:  # RFC 9110 §6.6.1: a proxy adds the Date the origin left out
+            parts.append(b"Date: %s\r\n" % rfc822_formatted_time().encode("ascii"))
+        body = self._content
+        if body is not None:
+            parts.append(b"Content-Length: %d\r\n" % len(body))
+        if version.minor == 0 and keep_alive:
+            parts.append(b"Connection: keep-alive\r\n")
+        elif version.minor == 1 and not keep_alive:
+            parts.append(b"Connection: close\r\n")
+        parts.append(b"\r\n")
+        if body and request.method != "HEAD":
+            parts.append(body)
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            raise ConnectionResetError("the client went away")
+        transport.write(b"".join(parts))
+        self._eof_sent = True
+        if transport.get_write_buffer_size() > BUFFER_LIMIT:
+            await request._payload_writer.drain()  # a client that does not read: wait
+        return None
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        return None  # written whole by prepare()

@@ -121,12 +121,14 @@ class DataPlane:
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         now = time.time()
-        response, record = await self._handle(request, now)
+        offered = request.headers.get("X-Request-Id", "")
+        request_id = offered if _REQUEST_ID.fullmatch(offered) else self._new_request_id()
+        response, record = await self._handle(request, now, request_id)
         elapsed = time.time() - now
         self.counters.observe(elapsed)
         if self.access_log.enabled:
             self.access_log.write({
-                "at": now, "request_id": response.headers.get("X-Request-Id"),
+                "at": now, "request_id": request_id,
                 "peer": request.remote, "method": request.method[:16],
                 "path": request.path[:256], "status": response.status,
                 "key_id": record.key_id if record else None,
@@ -134,10 +136,8 @@ class DataPlane:
                 "ms": round(elapsed * 1000, 3)})
         return response
 
-    async def _handle(self, request: web.BaseRequest, now: float
+    async def _handle(self, request: web.BaseRequest, now: float, request_id: str
                       ) -> tuple[web.StreamResponse, KeyRecord | None]:
-        offered = request.headers.get("X-Request-Id", "")
-        request_id = offered if _REQUEST_ID.fullmatch(offered) else self._new_request_id()
         answer = [("X-Request-Id", request_id)]
         route_name = "-"
         record: KeyRecord | None = None
