@@ -25,6 +25,7 @@ from redis.exceptions import NoScriptError, RedisError
 from ..config import RedisConfig
 from ..keys.record import KeyRecord
 from ..store.base import record_from_values, record_values
+from .resp import RespConnection
 
 __all__ = ["RedisDown", "SharedTier", "decode_record", "encode_record"]
 
@@ -74,22 +75,75 @@ def decode_record(data: bytes) -> KeyRecord:
 
 
 class _Batch:
-    """Commands submitted during one event-loop tick, sent as one pipeline."""
+    """Commands submitted during one event-loop tick, sent as one pipeline: on a raw
+    RESP connection to a single server, through redis-py's pipeline to a cluster."""
 
     def __init__(self, tier: SharedTier) -> None:
         self._tier = tier
         self._pending: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None  # held: a getpid per lookup
+        self._conn: RespConnection | None = None
+        self._connecting = asyncio.Lock()
 
     def submit(self, *command: Any) -> asyncio.Future[Any]:
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
         future = loop.create_future()
         self._pending.append((command, future))
         if len(self._pending) == 1:
-            loop.call_soon(lambda: asyncio.ensure_future(self._flush()))
+            loop.call_soon(self._flush)
         return future
 
-    async def _flush(self) -> None:
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+
+    def _flush(self) -> None:
         batch, self._pending = self._pending, []
+        if self._tier.cluster:
+            asyncio.ensure_future(self._flush_cluster(batch))
+        elif self._conn is not None and self._conn.usable:
+            self._send(self._conn, batch)
+        else:
+            asyncio.ensure_future(self._connect_and_send(batch))
+
+    async def _connect_and_send(self, batch: list[tuple[tuple[Any, ...], asyncio.Future[Any]]]
+                                ) -> None:
+        try:
+            async with self._connecting:
+                if self._conn is None or not self._conn.usable:
+                    self._conn = await RespConnection.open(self._tier.url, self._tier.timeout)
+        except (OSError, TimeoutError) as exc:  # ConnectionError is an OSError
+            self._fail(batch, exc)
+            return
+        self._send(self._conn, batch)
+
+    def _send(self, conn: RespConnection,
+              batch: list[tuple[tuple[Any, ...], asyncio.Future[Any]]]) -> None:
+        loop = self._loop
+        assert loop is not None
+        replies = conn.execute([command for command, _ in batch], loop)
+        timer = loop.call_later(self._tier.timeout, self._expire, conn, replies)
+        replies.add_done_callback(lambda done: self._deliver(batch, done, timer))
+
+    @staticmethod
+    def _expire(conn: RespConnection, replies: asyncio.Future[list[Any]]) -> None:
+        if not replies.done():
+            replies.set_exception(TimeoutError("Redis did not answer in time"))
+            conn.close()  # late replies must not be read as the next batch's
+
+    def _deliver(self, batch: list[tuple[tuple[Any, ...], asyncio.Future[Any]]],
+                 done: asyncio.Future[list[Any]], timer: asyncio.TimerHandle) -> None:
+        timer.cancel()
+        exc = done.exception()
+        if exc is not None:
+            self._fail(batch, exc)
+            return
+        self._settle(batch, done.result())
+
+    async def _flush_cluster(self, batch: list[tuple[tuple[Any, ...], asyncio.Future[Any]]]
+                             ) -> None:
         pipe = self._tier.pipeline()
         for command, _ in batch:
             pipe.execute_command(*command)
@@ -97,17 +151,26 @@ class _Batch:
             results = await asyncio.wait_for(pipe.execute(raise_on_error=False),
                                              self._tier.timeout)
         except (RedisError, OSError, TimeoutError) as exc:
-            self._tier.failed(exc)
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(RedisDown())
+            self._fail(batch, exc)
             return
+        self._settle(batch, results)
+
+    def _fail(self, batch: list[tuple[tuple[Any, ...], asyncio.Future[Any]]],
+              exc: BaseException) -> None:
+        self._tier.failed(exc)
+        for _, future in batch:
+            if not future.done():
+                future.set_exception(RedisDown())
+
+    def _settle(self, batch: list[tuple[tuple[Any, ...], asyncio.Future[Any]]],
+                results: list[Any]) -> None:
         self._tier.succeeded()
         for (_, future), result in zip(batch, results):
             if future.done():
                 continue
-            if isinstance(result, Exception):
-                if isinstance(result, NoScriptError):  # Redis restarted: load it again
+            if isinstance(result, Exception):  # an error reply (hiredis.ReplyError too)
+                # Redis restarted and forgot the script: load it again
+                if isinstance(result, NoScriptError) or str(result).startswith("NOSCRIPT"):
                     self._tier._gcra = None
                 future.set_exception(RedisDown())
             else:
@@ -133,6 +196,7 @@ def _client(url: str, timeout: float) -> Any:
 class SharedTier:
     def __init__(self, config: RedisConfig, *, timeout: float = 0.5) -> None:
         self.prefix = config.prefix
+        self.url = config.url
         self.channel = f"{config.prefix}changes"
         self.timeout = timeout
         self.client = _client(config.url, timeout)
@@ -144,6 +208,7 @@ class SharedTier:
         self._gcra: Any = None
 
     async def close(self) -> None:
+        self._batch.close()
         await self.client.aclose()
 
     def failed(self, exc: BaseException) -> None:
