@@ -2,8 +2,9 @@
 
 The CLI and (later) the admin API call :class:`KeyManager`; neither re-implements a
 rule. The policy checks are pure functions of (policy, request, ``now``); the manager
-adds the store transaction — the key row, its wrapped secret, its audit row and its
-``key_changes`` row commit together or not at all (DESIGN.md §5).
+adds the store transaction — the key row, its wrapped secret, its audit row, its
+``key_changes`` row and its lifecycle event (the ``events`` outbox) commit together or
+not at all (DESIGN.md §5).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from gateway.config import PolicyConfig
+from gateway.events.model import Event, key_event
 from gateway.kek import KekError, Keyring
 from gateway.keys.errors import KeyLimitReached, KeyNotFound, MalformedKeyId, PolicyViolation
 from gateway.keys.formats import SecretStr, generate_key_id, generate_secret, is_well_formed_key_id
@@ -204,6 +206,9 @@ class KeyManager:
                           action=action, target=target, source=actor.source,
                           outcome="success", details=details)
 
+    def _event(self, type_: str, record: KeyRecord, now: datetime, **extra: Any) -> Event:
+        return key_event(type_, record, now, self.policy.inactivity, **extra)
+
     def _keyring(self) -> Keyring:
         if self.keyring is None:
             raise KekError("this operation needs the keyring (config setting kek.keyring)")
@@ -249,6 +254,7 @@ class KeyManager:
                 name=i.record.name, scopes=list(i.record.scopes),
                 expires_at=rfc3339(i.record.expires_at)) for i in issued])
             await tx.add_changes([(i.record.key_id, "created", now) for i in issued])
+            await tx.add_events([self._event("key.created", i.record, now) for i in issued])
         return issued
 
     async def _locked_key(self, tx: Transaction, key_id: str) -> KeyRecord:
@@ -276,8 +282,9 @@ class KeyManager:
             new = self._issue(spec, actor, now, rotated_from=old.key_id)
             grace_until = now + timedelta(seconds=grace)
             await tx.insert_keys([new.record])
-            await tx.update_key(old.replace(rotated_to=new.record.key_id, revoked_at=grace_until,
-                                            revoke_reason="rotated", revoked_by=actor.principal))
+            rotated = old.replace(rotated_to=new.record.key_id, revoked_at=grace_until,
+                                  revoke_reason="rotated", revoked_by=actor.principal)
+            await tx.update_key(rotated)
             await tx.add_audit([
                 self._audit(actor, "key.rotated", old.key_id, now,
                             new_key_id=new.record.key_id, grace_until=rfc3339(grace_until)),
@@ -287,6 +294,10 @@ class KeyManager:
             ])
             await tx.add_changes([(old.key_id, "rotated", now),
                                   (new.record.key_id, "created", now)])
+            await tx.add_events([
+                self._event("key.rotated", rotated, now, new_key_id=new.record.key_id,
+                            grace_until=rfc3339(grace_until)),
+                self._event("key.created", new.record, now)])
         return new
 
     async def renew(self, key_id: str, *, actor: Actor, now: datetime,
@@ -303,6 +314,8 @@ class KeyManager:
                                             previous_expires_at=rfc3339(old.expires_at),
                                             expires_at=rfc3339(expires_at))])
             await tx.add_changes([(key_id, "renewed", now)])
+            await tx.add_events([self._event("key.renewed", new, now,
+                                             previous_expires_at=rfc3339(old.expires_at))])
         return new
 
     async def revoke(self, key_id: str, *, actor: Actor, now: datetime,
@@ -320,6 +333,7 @@ class KeyManager:
             await tx.update_key(new)
             await tx.add_audit([self._audit(actor, "key.revoked", key_id, now, **details)])
             await tx.add_changes([(key_id, "revoked", now)])
+            await tx.add_events([self._event("key.revoked", new, now, **details)])
         return new
 
     async def update(self, key_id: str, *, actor: Actor, now: datetime,
@@ -350,6 +364,7 @@ class KeyManager:
             await tx.update_key(new)
             await tx.add_audit([self._audit(actor, "key.updated", key_id, now, **changed)])
             await tx.add_changes([(key_id, "updated", now)])
+            await tx.add_events([self._event("key.updated", new, now, changed=sorted(changed))])
         return new
 
     async def get(self, key_id: str) -> KeyRecord:
