@@ -5,8 +5,8 @@ library — the signature and, from the body received, ``Content-Digest``."""
 from __future__ import annotations
 
 import json
-from datetime import timedelta
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from aiohttp import web

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from .admin_client import Key, admin, bootstrap_admin, until
+from .admin_client import admin, bootstrap_admin, until
 from .conftest import free_port
 from .event_receiver import Receiver
 from .gateway_fixtures import GatewayProcess, Upstream, start_gateway, stop
