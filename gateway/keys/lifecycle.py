@@ -24,9 +24,10 @@ from gateway.kek import KekError, Keyring
 from gateway.keys.errors import KeyLimitReached, KeyNotFound, MalformedKeyId, PolicyViolation
 from gateway.keys.formats import SecretStr, generate_key_id, generate_secret, is_well_formed_key_id
 from gateway.keys.record import AuditEntry, KeyRecord, RateLimit, rfc3339
-from gateway.store.base import Store, Transaction
+from gateway.store.base import AuditFilter, Store, Transaction
 
 __all__ = [
+    "LEAKED",
     "NEVER",
     "UNCHANGED",
     "Actor",
@@ -65,6 +66,7 @@ UNCHANGED = Unchanged()
 # seconds from now | an instant | never | None: the policy's default lifetime
 Expiry = float | datetime | NoExpiry | None
 
+LEAKED = "leaked"  # the revoke reason that also revokes what the key minted itself
 _SCOPE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9:._*-]{0,127}", re.ASCII)
 _TEXT_MAX = 200
 
@@ -325,16 +327,41 @@ class KeyManager:
         check_key_id(key_id)
         reason = _text(reason, "reason", required=True)
         details = {"reason": reason} if source is None else {"reason": reason, "source": source}
+        minted = await self._minted_by(key_id) if reason == LEAKED else []
         async with self.store.transaction() as tx:
             old = await self._locked_key(tx, key_id)
             if old.status(now, self.policy.inactivity) == "revoked":
                 raise PolicyViolation(f"key {key_id} is already revoked")
             new = old.replace(revoked_at=now, revoke_reason=reason, revoked_by=actor.principal)
-            await tx.update_key(new)
-            await tx.add_audit([self._audit(actor, "key.revoked", key_id, now, **details)])
-            await tx.add_changes([(key_id, "revoked", now)])
-            await tx.add_events([self._event("key.revoked", new, now, **details)])
+            revoked = [(new, details)]
+            for child_id in minted:  # what the leaked secret could mint is leaked too
+                child = await tx.get_key(child_id)
+                if child is not None and child.status(now, self.policy.inactivity) != "revoked":
+                    revoked.append((child.replace(revoked_at=now, revoke_reason=LEAKED,
+                                                  revoked_by=actor.principal),
+                                    {"reason": LEAKED, "minted_by": key_id}))
+            for record, why in revoked:
+                await tx.update_key(record)
+            await tx.add_audit([self._audit(actor, "key.revoked", r.key_id, now, **why)
+                                for r, why in revoked])
+            await tx.add_changes([(r.key_id, "revoked", now) for r, _ in revoked])
+            await tx.add_events([self._event("key.revoked", r, now, **why)
+                                 for r, why in revoked])
         return new
+
+    async def _minted_by(self, key_id: str) -> list[str]:
+        """The keys minted by rotations that ``key_id`` (then each of them) made with its
+        own signature — self-rotation — down the ``rotated_to`` chain (DESIGN §4.1)."""
+        chain: list[str] = []
+        parent = await self.store.get_key(key_id)
+        while parent is not None and parent.rotated_to is not None:
+            made = await self.store.find_audit(
+                AuditFilter(target=parent.rotated_to, action="key.created"), limit=1)
+            if not made or made[0].actor_key_id != parent.key_id or parent.rotated_to in chain:
+                break
+            chain.append(parent.rotated_to)
+            parent = await self.store.get_key(parent.rotated_to)
+        return chain
 
     async def update(self, key_id: str, *, actor: Actor, now: datetime,
                      name: str | Unchanged = UNCHANGED,
