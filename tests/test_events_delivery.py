@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from .admin_client import admin, bootstrap_admin, until
+from .admin_client import Key, admin, until
 from .conftest import free_port
 from .event_receiver import Receiver
 from .gateway_fixtures import GatewayProcess, Upstream, start_gateway, stop
@@ -54,6 +54,11 @@ def events(gw: GatewayProcess, *args: str) -> list[dict[str, Any]]:
     return list(cli_json(gw, "events", "list", *args)["items"])
 
 
+async def new_key(gw: GatewayProcess, principal: str, *scopes: str) -> Key:
+    """A key made straight in the store (the CLI's own commands are tested elsewhere)."""
+    return Key.of(await gw.create_key(principal=principal, scopes=scopes))
+
+
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory, upstream: Upstream
             ) -> Iterator[GatewayProcess]:
@@ -73,8 +78,8 @@ async def test_a_receiver_failing_three_times_gets_the_event_signed_with_the_sam
         gateway: GatewayProcess, receiver: Receiver) -> None:
     webhook_id = add_webhook(gateway, receiver, "key.created", "key.revoked")
     receiver.statuses = [500, 500, 500]
-    key = cli_json(gateway, "keys", "create", "--principal", "svc-events")
-    (created,) = events(gateway, "--key-id", key["key_id"])
+    key = await new_key(gateway, "svc-events")
+    (created,) = events(gateway, "--key-id", key.key_id)
     await arrived(lambda: receiver.delivered(created["id"]), "the key.created delivery")
     got = receiver.received(created["id"])
     assert [d.answered for d in got] == [500, 500, 500, 200]
@@ -83,9 +88,9 @@ async def test_a_receiver_failing_three_times_gets_the_event_signed_with_the_sam
     assert all(d.params["keyid"] == webhook_id and "created" in d.params for d in got)
     body = got[0].body
     assert body["id"] == created["id"] and body["type"] == "key.created"
-    assert body["data"]["key"]["key_id"] == key["key_id"]
+    assert body["data"]["key"]["key_id"] == key.key_id
     assert "secret" not in got[0].raw.decode()  # the key record, never its secret
-    (after,) = events(gateway, "--key-id", key["key_id"], "--status", "delivered")
+    (after,) = events(gateway, "--key-id", key.key_id, "--status", "delivered")
     (delivery,) = after["deliveries"]
     assert delivery["attempts"] == 4 and delivery["last_status"] == 200
     assert delivery["webhook_id"] == webhook_id
@@ -94,13 +99,12 @@ async def test_a_receiver_failing_three_times_gets_the_event_signed_with_the_sam
 async def test_the_admin_api_lists_events_and_redelivers_one(
         gateway: GatewayProcess, receiver: Receiver) -> None:
     add_webhook(gateway, receiver, "key.revoked")
-    operator = bootstrap_admin(gateway, "ops-events", "admin:keys:write", "admin:audit:read",
-                               "admin:keys:read")
-    key = cli_json(gateway, "keys", "create", "--principal", "svc-redeliver")
-    status, doc = await admin(gateway, operator, "POST", f"/v1/keys/{key['key_id']}/revoke",
+    operator = await new_key(gateway, "ops-events", "admin:keys:write", "admin:audit:read")
+    key = await new_key(gateway, "svc-redeliver")
+    status, doc = await admin(gateway, operator, "POST", f"/v1/keys/{key.key_id}/revoke",
                               {"reason": "offboarded"})
     assert status == 200
-    target = f"/v1/events?target={key['key_id']}&type=key.revoked"
+    target = f"/v1/events?target={key.key_id}&type=key.revoked"
     status, page = await admin(gateway, operator, "GET", target)
     assert status == 200 and page["next_cursor"] is None
     (revoked,) = page["items"]
@@ -120,7 +124,7 @@ async def test_the_admin_api_lists_events_and_redelivers_one(
     assert (status, doc["error"]) == (400, "invalid_request")
     status, doc = await admin(gateway, operator, "GET", "/v1/events?status=lost")
     assert (status, doc["error"]) == (400, "invalid_request")
-    reader = bootstrap_admin(gateway, "ops-reader", "admin:keys:read")
+    reader = await new_key(gateway, "ops-reader", "admin:keys:read")
     status, doc = await admin(gateway, reader, "GET", "/v1/events")
     assert (status, doc["error"]) == (403, "scope_denied")
     audit = cli_json(gateway, "audit", "list", "--action", "event.redelivered")["items"]
@@ -133,9 +137,9 @@ async def test_an_event_committed_before_a_sigkill_is_delivered_after_the_restar
     gw = start_gateway(tmp_path, upstream, EVENTS)
     try:
         webhook_id = add_webhook(gw, receiver, "key.revoked")
-        operator = bootstrap_admin(gw, "ops-kill", "admin:keys:write")
-        key = cli_json(gw, "keys", "create", "--principal", "svc-kill")
-        status, _ = await admin(gw, operator, "POST", f"/v1/keys/{key['key_id']}/revoke")
+        operator = await new_key(gw, "ops-kill", "admin:keys:write")
+        key = await new_key(gw, "svc-kill")
+        status, _ = await admin(gw, operator, "POST", f"/v1/keys/{key.key_id}/revoke")
         assert status == 200  # committed: the change and its event
     finally:
         gw.proc.send_signal(signal.SIGKILL)
@@ -148,8 +152,7 @@ async def test_an_event_committed_before_a_sigkill_is_delivered_after_the_restar
         await arrived(lambda: receiver.delivered(revoked["id"]), "the delivery after restart",
                     timeout=10)
         assert receiver.refused == []
-        assert receiver.received(revoked["id"])[0].body["data"]["key"]["key_id"] == \
-            key["key_id"]
+        assert receiver.received(revoked["id"])[0].body["data"]["key"]["key_id"] == key.key_id
         (done,) = events(restarted, "--type", "key.revoked", "--status", "delivered")
         assert done["id"] == revoked["id"]
         # the secret exists in plaintext only in memory: wrapped in the store, never logged
