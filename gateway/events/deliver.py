@@ -96,6 +96,9 @@ class DeliveryWorker:
                 except GatewayError as exc:  # the store is away: the outbox keeps them
                     log.warning("event delivery: %s", exc.message)
                     sent = 0
+                except Exception:  # noqa: BLE001 - a bug must not end delivery for good
+                    log.exception("event delivery failed")
+                    sent = 0
                 if sent < BATCH:
                     await asyncio.sleep(self.config.deliver_interval)
 
