@@ -96,7 +96,7 @@ class DeliveryWorker:
                 except GatewayError as exc:  # the store is away: the outbox keeps them
                     log.warning("event delivery: %s", exc.message)
                     sent = 0
-                except Exception:  # noqa: BLE001 - a bug must not end delivery for good
+                except Exception:
                     log.exception("event delivery failed")
                     sent = 0
                 if sent < BATCH:

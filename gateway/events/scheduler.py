@@ -93,6 +93,6 @@ class Scheduler:
                 await self.tick()
             except GatewayError as exc:
                 log.warning("event scheduler: %s", exc.message)
-            except Exception:  # noqa: BLE001 - a bug must not end scheduling for good
+            except Exception:
                 log.exception("event scheduler failed")
             await asyncio.sleep(self.interval)
