@@ -174,6 +174,21 @@ class UsageConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class EventsConfig:
+    """Lifecycle events (issue 11): webhook delivery and the expiry scheduler. A claimed
+    delivery is leased for twice ``timeout``; the n-th retry waits
+    ``min(retry_max, retry_base * 2**(n-1))``; after ``max_attempts`` it is failed
+    (``gateway events redeliver`` sends it again)."""
+
+    deliver_interval: Duration = 1.0
+    retry_base: Duration = 5.0
+    retry_max: Duration = 3600.0
+    max_attempts: int = 20
+    timeout: Duration = 10.0
+    scheduler_interval: Duration = 60.0
+
+
+@dataclass(frozen=True, slots=True)
 class LogConfig:
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["json", "text"] = "json"
@@ -205,6 +220,7 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     usage: UsageConfig = field(default_factory=UsageConfig)
+    events: EventsConfig = field(default_factory=EventsConfig)
     log: LogConfig = field(default_factory=LogConfig)
     routes: tuple[RouteConfig, ...] = ()
 
@@ -379,6 +395,11 @@ def _check(config: Config) -> None:
          "must be at most policy.max_rotation_grace")
     need(p.max_active_keys_per_principal >= 1, "policy.max_active_keys_per_principal",
          "must be at least 1")
+    e = config.events
+    for name in ("deliver_interval", "retry_base", "timeout", "scheduler_interval"):
+        need(getattr(e, name) > 0, f"events.{name}", "must be positive")
+    need(e.retry_base <= e.retry_max, "events.retry_max", "must be at least events.retry_base")
+    need(e.max_attempts >= 1, "events.max_attempts", "must be at least 1")
     seen: set[str] = set()
     for i, route in enumerate(config.routes):
         where = f"routes[{i}]"

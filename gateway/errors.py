@@ -33,6 +33,7 @@ CATALOGUE: Final[dict[str, int]] = {
     "source_denied": 403,
     "route_not_found": 404,
     "key_not_found": 404,
+    "event_not_found": 404,
     "key_limit_reached": 409,
     "body_too_large": 413,
     "policy_violation": 422,

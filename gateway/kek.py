@@ -38,6 +38,7 @@ from gateway.keys.record import WrappedSecret, rfc3339
 __all__ = [
     "PURPOSE_KEY_SECRET",
     "PURPOSE_TOTP_SEED",
+    "PURPOSE_WEBHOOK_SECRET",
     "KekError",
     "Keyring",
     "KeyringError",
@@ -51,6 +52,7 @@ __all__ = [
 FORMAT = "gateway-keyring/1"
 PURPOSE_KEY_SECRET = b"key-secret"
 PURPOSE_TOTP_SEED = b"totp-seed"
+PURPOSE_WEBHOOK_SECRET = b"webhook-secret"
 NONCE_LEN = 12
 KEK_LEN = 32
 

@@ -181,8 +181,8 @@ def test_store_migrate_reports_what_it_applied(capsys: pytest.CaptureFixture[str
                                                tmp_path: Path) -> None:
     path = tmp_path / "g.toml"
     path.write_text(f'[store]\nurl = "sqlite://{tmp_path}/fresh/keys.db"\n')
-    assert gw_json(capsys, path, "store", "migrate") == {"schema_version": 2, "applied": [1, 2]}
-    assert gw_json(capsys, path, "store", "migrate") == {"schema_version": 2, "applied": []}
+    assert gw_json(capsys, path, "store", "migrate") == {"schema_version": 3, "applied": [1, 2, 3]}
+    assert gw_json(capsys, path, "store", "migrate") == {"schema_version": 3, "applied": []}
 
 
 @pytest.mark.parametrize("setup, needle", [

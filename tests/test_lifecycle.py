@@ -23,7 +23,14 @@ from gateway.keys.errors import (
 )
 from gateway.keys.formats import generate_key_id
 from gateway.keys.idle import revoke_when_idle
-from gateway.keys.lifecycle import NEVER, KeyManager, NewKey, resolve_expiry, resolve_grace
+from gateway.keys.lifecycle import (
+    NEVER,
+    Actor,
+    KeyManager,
+    NewKey,
+    resolve_expiry,
+    resolve_grace,
+)
 from gateway.keys.record import KeyRecord, RateLimit
 from gateway.store import KeyFilter, Store
 from gateway.store.postgres import PostgresStore
@@ -293,3 +300,36 @@ async def test_wait_idle_revokes_only_after_idle_plus_flush(manager: KeyManager)
     again = await revoke_when_idle(manager, old.record.key_id, idle=600.0, flush=5.0,
                                    actor=ACTOR, clock=lambda: clock[0], sleep=sleep, since=NOW)
     assert again.revoked_at == revoked.revoked_at
+
+
+async def test_revoking_a_key_as_leaked_revokes_what_it_minted_by_self_rotation(
+        manager: KeyManager, store: Store) -> None:
+    a = (await manager.create(NewKey(principal="ci", scopes=("self:rotate",)), actor=ACTOR,
+                              now=NOW)).record
+
+    def itself(record: KeyRecord) -> Actor:  # as POST /_gateway/self/rotate acts
+        return Actor(principal=record.principal, key_id=record.key_id, source="127.0.0.1")
+
+    b = (await manager.rotate(a.key_id, actor=itself(a), now=NOW, grace=3600)).record
+    c = (await manager.rotate(b.key_id, actor=itself(b), now=NOW, grace=3600)).record
+    operator = Actor(principal="ops", key_id="gwk_operatorKeyIdIsNotCheckedHere0")
+    d = (await manager.rotate(c.key_id, actor=operator, now=NOW, grace=3600)).record
+    later = NOW + timedelta(minutes=1)
+    await manager.revoke(a.key_id, actor=ACTOR, now=later, reason="leaked")
+    status = {k: (await store.get_key(k)).status(later, 0) for k in  # type: ignore[union-attr]
+              (a.key_id, b.key_id, c.key_id, d.key_id)}
+    assert status == {a.key_id: "revoked", b.key_id: "revoked", c.key_id: "revoked",
+                      d.key_id: "active"}  # d came from an operator: its secret never leaked
+    revoked = {e.target: e.details for e in await store.list_audit(action="key.revoked")}
+    assert revoked == {a.key_id: {"reason": "leaked"},
+                       b.key_id: {"reason": "leaked", "minted_by": a.key_id},
+                       c.key_id: {"reason": "leaked", "minted_by": a.key_id}}
+
+
+async def test_revoking_for_another_reason_leaves_the_successors_alone(
+        manager: KeyManager, store: Store) -> None:
+    a = (await manager.create(NewKey(principal="ci"), actor=ACTOR, now=NOW)).record
+    b = (await manager.rotate(a.key_id, actor=Actor(principal="ci", key_id=a.key_id), now=NOW,
+                              grace=3600)).record
+    await manager.revoke(a.key_id, actor=ACTOR, now=NOW, reason="offboarded")
+    assert (await store.get_key(b.key_id)).status(NOW, 0) == "active"  # type: ignore[union-attr]

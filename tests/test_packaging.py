@@ -52,4 +52,5 @@ def test_the_example_config_is_every_documented_default() -> None:
     defaults = load_config(None, env={})
     assert example.server == defaults.server and example.auth == defaults.auth
     assert example.cache == defaults.cache and example.policy == defaults.policy
+    assert example.events == defaults.events
     assert example.routes[0].prefix == "/api/"

@@ -13,6 +13,7 @@ import asyncpg
 import pytest
 from .keystore_fixtures import ACTOR, NOW
 
+from gateway.events.model import Event, EventFilter, Webhook
 from gateway.config import PolicyConfig
 from gateway.kek import Keyring
 from gateway.keys.lifecycle import KeyManager, NewKey
@@ -24,12 +25,12 @@ DAY = timedelta(days=1)
 
 async def test_schema_is_created_on_first_use_and_migrating_again_is_a_no_op(
         store: Store, store_url: str) -> None:
-    assert await store.schema_version() == 2
+    assert await store.schema_version() == 3
     assert await store.migrate() == []
     again = await open_store(store_url)
     try:
         assert await again.migrate() == []
-        assert await again.schema_version() == 2
+        assert await again.schema_version() == 3
     finally:
         await again.close()
 
@@ -199,6 +200,18 @@ class _AuditFails(Transaction):
     async def insert_mfa(self, enrolment: MfaEnrolment) -> bool:
         return await self._inner.insert_mfa(enrolment)
 
+    async def add_events(self, events: Sequence[Event]) -> list[Event]:
+        return await self._inner.add_events(events)
+
+    async def insert_webhook(self, webhook: Webhook) -> None:
+        await self._inner.insert_webhook(webhook)
+
+    async def delete_webhook(self, webhook_id: str) -> bool:
+        return await self._inner.delete_webhook(webhook_id)
+
+    async def redeliver(self, event_id: str, now: datetime) -> bool:
+        return await self._inner.redeliver(event_id, now)
+
     async def add_audit(self, entries: Sequence[AuditEntry]) -> None:
         raise InjectedFault("audit write failed")
 
@@ -221,6 +234,7 @@ async def test_a_failed_audit_write_leaves_no_key_and_no_change(
     assert page.items == []
     assert await store.max_change_seq() == 0
     assert await store.list_audit() == []
+    assert await store.list_events(EventFilter()) == []  # nor an event in the outbox
 
 
 async def _dump(store_url: str) -> tuple[str, bytes]:

@@ -18,7 +18,7 @@ from aiohttp.typedefs import Handler
 from ..errors import GatewayError
 from ..keys.lifecycle import KeyManager
 from ..proxy.pipeline import error_response
-from . import calls, keys, leaks
+from . import calls, events, keys, leaks
 from .auth import authenticate
 from .health import KeyCounts, healthz, metrics, readyz
 from .openapi import render
@@ -84,4 +84,5 @@ def admin_app(gateway: Gateway) -> web.Application:
     app.router.add_routes(keys.routes())
     app.router.add_routes(calls.routes())
     app.router.add_routes(leaks.routes())
+    app.router.add_routes(events.routes())
     return app

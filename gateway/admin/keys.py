@@ -24,7 +24,7 @@ from .auth import audit, require_grant, require_scope
 from .mfa import MFA_HEADER, verify_code
 from .state import CALLER_KEY, GATEWAY_KEY, Caller
 
-__all__ = ["MANAGER_KEY", "routes"]
+__all__ = ["MANAGER_KEY", "actor_of", "json_response", "routes"]
 
 T = TypeVar("T")
 MANAGER_KEY: web.AppKey[KeyManager] = web.AppKey("key_manager")
@@ -74,7 +74,7 @@ async def _audited(request: web.Request, caller: Caller, action: str, target: st
         raise
 
 
-def _actor(caller: Caller, mfa: bool = False) -> Actor:
+def actor_of(caller: Caller, mfa: bool = False) -> Actor:
     return Actor(principal=caller.record.principal, key_id=caller.record.key_id,
                  source=caller.source, mfa=mfa)
 
@@ -93,7 +93,7 @@ async def create(request: web.Request) -> web.Response:
         require_grant(caller, spec.scopes)
         mfa = await _step_up(request, caller)
         now = datetime.now(UTC)
-        issued = await manager.create(spec, actor=_actor(caller, mfa), now=now)
+        issued = await manager.create(spec, actor=actor_of(caller, mfa), now=now)
         _dropped(request, issued.record.key_id)  # a negative entry from before it existed
         return json_response(issued.to_api(now, manager.policy.inactivity), 201)
     return await _audited(request, caller, "key.created", None, run)
@@ -139,7 +139,7 @@ async def update_key(request: web.Request) -> web.Response:
         require_grant(caller, doc.get("scopes", ()))
         now = datetime.now(UTC)
         record = await request.app[MANAGER_KEY].update(
-            key_id, actor=_actor(caller), now=now, name=doc.get("name", UNCHANGED),
+            key_id, actor=actor_of(caller), now=now, name=doc.get("name", UNCHANGED),
             scopes=doc.get("scopes", UNCHANGED),
             rate_limit=schema.rate_limit(doc["rate_limit"]) if "rate_limit" in doc
             else UNCHANGED,
@@ -164,7 +164,7 @@ async def rotate_key(request: web.Request) -> web.Response:
         require_grant(caller, old.scopes)
         mfa = await _step_up(request, caller)
         now = datetime.now(UTC)
-        issued = await manager.rotate(key_id, actor=_actor(caller, mfa), now=now, grace=grace,
+        issued = await manager.rotate(key_id, actor=actor_of(caller, mfa), now=now, grace=grace,
                                       expiry=lifetime)
         _dropped(request, key_id, issued.record.key_id)
         return json_response(issued.to_api(now, manager.policy.inactivity), 201)
@@ -181,7 +181,7 @@ async def renew_key(request: web.Request) -> web.Response:
         lifetime = schema.expiry(doc)
         mfa = await _step_up(request, caller)
         now = datetime.now(UTC)
-        record = await request.app[MANAGER_KEY].renew(key_id, actor=_actor(caller, mfa),
+        record = await request.app[MANAGER_KEY].renew(key_id, actor=actor_of(caller, mfa),
                                                       now=now, expiry=lifetime)
         _dropped(request, key_id)
         return json_response(_api(request, record, now))
@@ -197,7 +197,7 @@ async def revoke_key(request: web.Request) -> web.Response:
         doc = schema.body(caller.body, "RevokeKey")
         now = datetime.now(UTC)
         record = await request.app[MANAGER_KEY].revoke(
-            key_id, actor=_actor(caller), now=now, reason=doc.get("reason", "unspecified"))
+            key_id, actor=actor_of(caller), now=now, reason=doc.get("reason", "unspecified"))
         _dropped(request, key_id)
         return json_response(_api(request, record, now))
     return await _audited(request, caller, "key.revoked", key_id, run)

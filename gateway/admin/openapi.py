@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 
+from ..events.model import DELIVERY_STATES, EVENT_TYPES
 from ..keys.record import STATUSES
 
 __all__ = ["BODIES", "document"]
@@ -131,6 +132,29 @@ SCHEMAS: dict[str, Schema] = {
                 "index": {"type": "integer", "minimum": 0,
                           "description": "position in `tokens`, from 0"},
                 "verdict": {"enum": ["revoked", "already_revoked", "not_ours"]}}}}}},
+    "Event": {"type": "object", "required": [
+        "id", "type", "target", "occurred_at", "status", "payload", "deliveries"],
+        "properties": {
+            "id": {"type": "string", "pattern": "^evt_[0-9a-f]{32}$",
+                   "description": "stable: receivers de-duplicate on it (Gateway-Event-Id)"},
+            "type": {"enum": list(EVENT_TYPES)},
+            "target": {"type": "string", "description": "the key ID, or kek:N"},
+            "occurred_at": TIME,
+            "status": {"enum": list(DELIVERY_STATES), "description":
+                       "failed: a delivery gave up; pending: one is due; delivered: all done"},
+            "payload": {"type": "object", "description":
+                        "`key`: the key record as this API shows it (never a secret)"},
+            "deliveries": {"type": "array", "items": {
+                "type": "object", "required": [
+                    "webhook_id", "state", "attempts", "next_attempt_at", "last_status",
+                    "last_error", "delivered_at"], "properties": {
+                    "webhook_id": {"type": "string"}, "state": {"enum": list(DELIVERY_STATES)},
+                    "attempts": {"type": "integer", "minimum": 0},
+                    "next_attempt_at": _NULL_TIME,
+                    "last_status": {"type": ["integer", "null"]},
+                    "last_error": _NULL_TEXT, "delivered_at": _NULL_TIME}}}}},
+    "EventPage": {"type": "object", "required": ["items", "next_cursor"], "properties": {
+        "items": {"type": "array", "items": _ref("Event")}, "next_cursor": _NULL_TEXT}},
     "Health": {"type": "object", "required": ["status"],
                "properties": {"status": {"type": "string"}}},
 }
@@ -140,7 +164,7 @@ ERRORS = {
     "401": "the signature does not verify, or the key is revoked, expired or inactive",
     "403": "scope_denied (the key lacks the call's scope, or a non-admin caller asks for "
            "admin scopes) or mfa_required",
-    "404": "key_not_found, or route_not_found",
+    "404": "key_not_found, event_not_found, or route_not_found",
     "409": "key_limit_reached: the principal has max_active_keys_per_principal keys",
     "413": "body_too_large",
     "422": "policy_violation: lifetime or grace out of bounds, a state that forbids it",
@@ -243,6 +267,23 @@ def document() -> dict[str, Any]:
                     _query("limit", LIMIT, "page size"),
                     _query("cursor", {"type": "string", "pattern": "^[0-9]{1,18}$"},
                            "next_cursor of the previous page")])},
+        "/v1/events": {"get": _op(
+            "listEvents", "Lifecycle events and their webhook delivery state, oldest first",
+            "admin:audit:read", "200", _ref("EventPage"),
+            params=[_query("type", {"enum": list(EVENT_TYPES)}, "only this event type"),
+                    _query("target", TEXT, "only events about this key ID (or kek:N)"),
+                    _query("status", {"enum": list(DELIVERY_STATES)}, "only this status"),
+                    _query("since", TIME, "occurred at or after this instant"),
+                    _query("limit", LIMIT, "page size"),
+                    _query("cursor", {"type": "string", "pattern": "^[0-9]{1,18}$"},
+                           "next_cursor of the previous page")])},
+        "/v1/events/{event_id}/redeliver": {"post": _op(
+            "redeliverEvent", "Send an event again, now, to every webhook subscribed to its "
+            "type (same event ID and body)", WRITE, "200", _ref("Event"),
+            params=[{"name": "event_id", "in": "path", "required": True,
+                     "schema": {"type": "string", "pattern": "^evt_[0-9a-f]{32}$"},
+                     "description": "an event ID (a malformed one is 400 invalid_request)"}],
+            codes=FOUND)},
         "/v1/mfa/enroll": {"post": _op(
             "enrollMfa", "Enrol a TOTP seed for the calling key's principal (once)", WRITE,
             "201", _ref("MfaEnrolment"), codes=("400", "401", "403", "422", "503"))},

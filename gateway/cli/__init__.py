@@ -1,4 +1,5 @@
-"""The ``gateway`` command (DESIGN.md §4): ``keys``, ``kek``, ``store``, ``audit`` and ``scan``.
+"""The ``gateway`` command (DESIGN.md §4): ``keys``, ``kek``, ``store``, ``audit``,
+``events``, ``webhooks`` and ``scan``.
 
 Every command takes ``--config FILE`` (default ``$GATEWAY_CONFIG``, else built-in
 defaults) and ``--json``. Exit status: 0 done; 1 the action failed (no such key,
@@ -16,10 +17,12 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from gateway.cli import audit as audit_cmd
+from gateway.cli import events as events_cmd
 from gateway.cli import kek as kek_cmd
 from gateway.cli import keys as keys_cmd
 from gateway.cli import scan as scan_cmd
 from gateway.cli import serve as serve_cmd
+from gateway.cli import webhooks as webhooks_cmd
 from gateway.cli.common import Context, UsageError, cli_actor
 from gateway.config import ConfigError, load_config
 from gateway.errors import GatewayError
@@ -42,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     kek_cmd.add_parsers(sub, common)
     serve_cmd.add_parsers(sub, common)
     audit_cmd.add_parsers(sub, common)
+    events_cmd.add_parsers(sub, common)
+    webhooks_cmd.add_parsers(sub, common)
     scan_cmd.add_parsers(sub, common)
     return parser
 

@@ -1,4 +1,5 @@
-"""``gateway keys create|update|list|show|rotate|renew|revoke|activity`` (DESIGN.md §4, §4.1)."""
+"""``gateway keys create|update|list|show|rotate|renew|revoke|activity|apply-policy``
+(DESIGN.md §4, §4.1)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from gateway.keys.lifecycle import (
     format_duration,
 )
 from gateway.keys.record import STATUSES, KeyRecord, RateLimit, rfc3339
+from gateway.keys.retro import Change, Rule, apply, plan
 from gateway.store import KeyFilter
 
 __all__ = ["add_parsers"]
@@ -129,6 +131,19 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="first wait until the key is unused for D (plus usage.flush): "
                         "the end of a rotation made through the admin API")
     p.set_defaults(run=_revoke, needs_keyring=False)
+
+    p = ks.add_parser("apply-policy", parents=[common],
+                      help="bring existing keys' expiry forward under a new rule; owners "
+                           "get a key.expiring event")
+    p.add_argument("--expire-within", type=duration, metavar="D", required=True,
+                   help="selected keys expire at most D from now")
+    p.add_argument("--issued-without-mfa", action="store_true",
+                   help="select keys issued without a one-time code")
+    p.add_argument("--unused-for", type=duration, metavar="D", help="select keys unused for D")
+    p.add_argument("--principal", help="select this principal's keys")
+    p.add_argument("--dry-run", action="store_true",
+                   help="list the keys the rule would change, change nothing")
+    p.set_defaults(run=_apply_policy, needs_keyring=False)
 
 
 def _manager(ctx: Context) -> KeyManager:
@@ -300,4 +315,31 @@ async def _revoke(ctx: Context) -> int:
                                         since=ctx.now, reason=a.reason)
         now = datetime.now(UTC)
     _show_record(ctx, record, f"Key {record.key_id} revoked.", now)
+    return 0
+
+
+async def _apply_policy(ctx: Context) -> int:
+    a = ctx.args
+    if not (a.issued_without_mfa or a.unused_for is not None or a.principal):
+        raise UsageError("select keys with --issued-without-mfa, --unused-for or --principal")
+    rule = Rule(expire_within=a.expire_within, issued_without_mfa=a.issued_without_mfa,
+                unused_for=a.unused_for, principal=a.principal)
+    inactivity = ctx.config.policy.inactivity
+    changes: list[Change] = (
+        await plan(ctx.store, rule, now=ctx.now, inactivity=inactivity) if a.dry_run
+        else await apply(_manager(ctx), rule, actor=ctx.actor, now=ctx.now))
+    items = [{"key_id": c.record.key_id, "principal": c.record.principal,
+              "name": c.record.name, "issued_with_mfa": c.record.issued_with_mfa,
+              "last_used_at": rfc3339(c.record.last_used_at),
+              "expires_at": rfc3339(c.record.expires_at),
+              "new_expires_at": rfc3339(c.expires_at)} for c in changes]
+    if ctx.json:
+        print_json({"policy": rule.describe(), "dry_run": a.dry_run, "items": items})
+        return 0
+    print(f"{'Would change' if a.dry_run else 'Changed'} {len(items)} key(s) "
+          f"({rule.describe()}).")
+    print_table(("KEY ID", "PRINCIPAL", "NAME", "MFA", "LAST USED", "EXPIRES", "NEW EXPIRY"),
+                [(c.record.key_id, c.record.principal, c.record.name or None,
+                  c.record.issued_with_mfa, _short(c.record.last_used_at),
+                  _short(c.record.expires_at), _short(c.expires_at)) for c in changes])
     return 0

@@ -18,7 +18,7 @@ from typing import Literal
 from gateway.kek import KekError, Keyring, UnwrapError
 from gateway.keys.errors import PolicyViolation
 from gateway.keys.formats import is_well_formed_secret
-from gateway.keys.lifecycle import Actor, KeyManager
+from gateway.keys.lifecycle import LEAKED, Actor, KeyManager
 from gateway.keys.record import KeyRecord
 from gateway.store import Store
 
@@ -26,7 +26,6 @@ __all__ = ["LEAKED", "Verdict", "find_key_by_secret", "revoke_leaked"]
 
 log = logging.getLogger("gateway.keys")
 
-LEAKED = "leaked"
 Verdict = Literal["revoked", "already_revoked", "not_ours"]
 
 

@@ -2,8 +2,9 @@
 
 The CLI and (later) the admin API call :class:`KeyManager`; neither re-implements a
 rule. The policy checks are pure functions of (policy, request, ``now``); the manager
-adds the store transaction — the key row, its wrapped secret, its audit row and its
-``key_changes`` row commit together or not at all (DESIGN.md §5).
+adds the store transaction — the key row, its wrapped secret, its audit row, its
+``key_changes`` row and its lifecycle event (the ``events`` outbox) commit together or
+not at all (DESIGN.md §5).
 """
 
 from __future__ import annotations
@@ -18,13 +19,15 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from gateway.config import PolicyConfig
+from gateway.events.model import Event, key_event
 from gateway.kek import KekError, Keyring
 from gateway.keys.errors import KeyLimitReached, KeyNotFound, MalformedKeyId, PolicyViolation
 from gateway.keys.formats import SecretStr, generate_key_id, generate_secret, is_well_formed_key_id
 from gateway.keys.record import AuditEntry, KeyRecord, RateLimit, rfc3339
-from gateway.store.base import Store, Transaction
+from gateway.store.base import AuditFilter, Store, Transaction
 
 __all__ = [
+    "LEAKED",
     "NEVER",
     "UNCHANGED",
     "Actor",
@@ -63,6 +66,7 @@ UNCHANGED = Unchanged()
 # seconds from now | an instant | never | None: the policy's default lifetime
 Expiry = float | datetime | NoExpiry | None
 
+LEAKED = "leaked"  # the revoke reason that also revokes what the key minted itself
 _SCOPE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9:._*-]{0,127}", re.ASCII)
 _TEXT_MAX = 200
 
@@ -204,6 +208,9 @@ class KeyManager:
                           action=action, target=target, source=actor.source,
                           outcome="success", details=details)
 
+    def _event(self, type_: str, record: KeyRecord, now: datetime, **extra: Any) -> Event:
+        return key_event(type_, record, now, self.policy.inactivity, **extra)
+
     def _keyring(self) -> Keyring:
         if self.keyring is None:
             raise KekError("this operation needs the keyring (config setting kek.keyring)")
@@ -249,6 +256,7 @@ class KeyManager:
                 name=i.record.name, scopes=list(i.record.scopes),
                 expires_at=rfc3339(i.record.expires_at)) for i in issued])
             await tx.add_changes([(i.record.key_id, "created", now) for i in issued])
+            await tx.add_events([self._event("key.created", i.record, now) for i in issued])
         return issued
 
     async def _locked_key(self, tx: Transaction, key_id: str) -> KeyRecord:
@@ -276,8 +284,9 @@ class KeyManager:
             new = self._issue(spec, actor, now, rotated_from=old.key_id)
             grace_until = now + timedelta(seconds=grace)
             await tx.insert_keys([new.record])
-            await tx.update_key(old.replace(rotated_to=new.record.key_id, revoked_at=grace_until,
-                                            revoke_reason="rotated", revoked_by=actor.principal))
+            rotated = old.replace(rotated_to=new.record.key_id, revoked_at=grace_until,
+                                  revoke_reason="rotated", revoked_by=actor.principal)
+            await tx.update_key(rotated)
             await tx.add_audit([
                 self._audit(actor, "key.rotated", old.key_id, now,
                             new_key_id=new.record.key_id, grace_until=rfc3339(grace_until)),
@@ -287,6 +296,10 @@ class KeyManager:
             ])
             await tx.add_changes([(old.key_id, "rotated", now),
                                   (new.record.key_id, "created", now)])
+            await tx.add_events([
+                self._event("key.rotated", rotated, now, new_key_id=new.record.key_id,
+                            grace_until=rfc3339(grace_until)),
+                self._event("key.created", new.record, now)])
         return new
 
     async def renew(self, key_id: str, *, actor: Actor, now: datetime,
@@ -303,6 +316,8 @@ class KeyManager:
                                             previous_expires_at=rfc3339(old.expires_at),
                                             expires_at=rfc3339(expires_at))])
             await tx.add_changes([(key_id, "renewed", now)])
+            await tx.add_events([self._event("key.renewed", new, now,
+                                             previous_expires_at=rfc3339(old.expires_at))])
         return new
 
     async def revoke(self, key_id: str, *, actor: Actor, now: datetime,
@@ -312,15 +327,41 @@ class KeyManager:
         check_key_id(key_id)
         reason = _text(reason, "reason", required=True)
         details = {"reason": reason} if source is None else {"reason": reason, "source": source}
+        minted = await self._minted_by(key_id) if reason == LEAKED else []
         async with self.store.transaction() as tx:
             old = await self._locked_key(tx, key_id)
             if old.status(now, self.policy.inactivity) == "revoked":
                 raise PolicyViolation(f"key {key_id} is already revoked")
             new = old.replace(revoked_at=now, revoke_reason=reason, revoked_by=actor.principal)
-            await tx.update_key(new)
-            await tx.add_audit([self._audit(actor, "key.revoked", key_id, now, **details)])
-            await tx.add_changes([(key_id, "revoked", now)])
+            revoked = [(new, details)]
+            for child_id in minted:  # what the leaked secret could mint is leaked too
+                child = await tx.get_key(child_id)
+                if child is not None and child.status(now, self.policy.inactivity) != "revoked":
+                    revoked.append((child.replace(revoked_at=now, revoke_reason=LEAKED,
+                                                  revoked_by=actor.principal),
+                                    {"reason": LEAKED, "minted_by": key_id}))
+            for record, why in revoked:
+                await tx.update_key(record)
+            await tx.add_audit([self._audit(actor, "key.revoked", r.key_id, now, **why)
+                                for r, why in revoked])
+            await tx.add_changes([(r.key_id, "revoked", now) for r, _ in revoked])
+            await tx.add_events([self._event("key.revoked", r, now, **why)
+                                 for r, why in revoked])
         return new
+
+    async def _minted_by(self, key_id: str) -> list[str]:
+        """The keys minted by rotations that ``key_id`` (then each of them) made with its
+        own signature — self-rotation — down the ``rotated_to`` chain (DESIGN §4.1)."""
+        chain: list[str] = []
+        parent = await self.store.get_key(key_id)
+        while parent is not None and parent.rotated_to is not None:
+            made = await self.store.find_audit(
+                AuditFilter(target=parent.rotated_to, action="key.created"), limit=1)
+            if not made or made[0].actor_key_id != parent.key_id or parent.rotated_to in chain:
+                break
+            chain.append(parent.rotated_to)
+            parent = await self.store.get_key(parent.rotated_to)
+        return chain
 
     async def update(self, key_id: str, *, actor: Actor, now: datetime,
                      name: str | Unchanged = UNCHANGED,
@@ -350,6 +391,7 @@ class KeyManager:
             await tx.update_key(new)
             await tx.add_audit([self._audit(actor, "key.updated", key_id, now, **changed)])
             await tx.add_changes([(key_id, "updated", now)])
+            await tx.add_events([self._event("key.updated", new, now, changed=sorted(changed))])
         return new
 
     async def get(self, key_id: str) -> KeyRecord:

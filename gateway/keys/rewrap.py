@@ -11,7 +11,8 @@ import asyncio
 from collections.abc import Callable
 from datetime import datetime
 
-from gateway.kek import Keyring
+from gateway.events.model import kek_event
+from gateway.kek import PURPOSE_WEBHOOK_SECRET, Keyring
 from gateway.keys.lifecycle import Actor
 from gateway.keys.record import AuditEntry, WrappedSecret
 from gateway.store.base import Store
@@ -25,8 +26,8 @@ async def rewrap_all(store: Store, keyring: Keyring, *, actor: Actor,
                      now: Callable[[], datetime], batch_size: int = 1000,
                      progress: Progress | None = None) -> int:
     """Re-wrap every record whose ``kek_version`` is not ``keyring.current`` (MFA seeds
-    first, then key secrets); the number re-wrapped by this run. Writes one
-    ``kek.rotated`` audit item when done."""
+    and webhook secrets first, then key secrets); the number re-wrapped by this run.
+    Writes one ``kek.rotated`` audit item and event when done."""
     target = keyring.current
 
     def rewrap(key_id: str, wrapped: WrappedSecret) -> WrappedSecret:
@@ -36,6 +37,9 @@ async def rewrap_all(store: Store, keyring: Keyring, *, actor: Actor,
     total = sum(c for v, c in counts.items() if v != target)
     done = await store.rewrap_mfa(target, lambda principal, wrapped: keyring.wrap_totp_seed(
         principal, keyring.unwrap_totp_seed(principal, wrapped)))
+    done += await store.rewrap_webhooks(target, lambda webhook_id, wrapped: keyring.wrap(
+        PURPOSE_WEBHOOK_SECRET, webhook_id, keyring.unwrap(PURPOSE_WEBHOOK_SECRET, webhook_id,
+                                                           wrapped)))
     if progress:
         progress(done, total)
     while True:
@@ -55,4 +59,6 @@ async def rewrap_all(store: Store, keyring: Keyring, *, actor: Actor,
             action="kek.rotated", target=f"kek:{target}", source=actor.source,
             outcome="success", details={"kek_version": target, "rewrapped": done,
                                         "previous_versions": sorted(counts.keys() - {target})})])
+        await tx.add_events([kek_event(target, at, rewrapped=done,
+                                       previous_versions=sorted(counts.keys() - {target}))])
     return done

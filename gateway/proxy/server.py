@@ -23,6 +23,8 @@ from aiohttp.web_protocol import RequestHandler
 
 from ..admin import admin_app
 from ..config import Config, parse_listen
+from ..events.deliver import DeliveryWorker
+from ..events.scheduler import Scheduler
 from ..kek import load_keyring
 from ..keys.lifecycle import KeyManager
 from ..store import Store, open_store
@@ -136,6 +138,11 @@ class Gateway:
         self.data_plane = DataPlane(config, self.cache, self.forwarder, self.usage,
                                     self.access_log, Limits(self.shared),
                                     KeyManager(store, self.keyring, config.policy))
+        e = config.events
+        self.deliveries = DeliveryWorker(store, self.keyring, e)
+        self.scheduler = Scheduler(store, inactivity=config.policy.inactivity,
+                                   warning=config.auth.expiry_warning,
+                                   interval=e.scheduler_interval)
         self.draining = False
         self._tasks: list[asyncio.Task[None]] = []
         self._servers: list[asyncio.AbstractServer] = []
@@ -175,6 +182,8 @@ class Gateway:
             asyncio.create_task(self.cache.run_change_poll(self.config.cache.change_poll)),
             asyncio.create_task(self.usage.run(self.config.usage.flush)),
             asyncio.create_task(self.access_log.run()),
+            asyncio.create_task(self.deliveries.run()),
+            asyncio.create_task(self.scheduler.run()),
         ]
         if self.shared is not None:
             self._tasks += [

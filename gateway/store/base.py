@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 
 from gateway.errors import GatewayError
+from gateway.events.model import Delivery, Event, EventFilter, StoredEvent, Webhook
 from gateway.keys.record import (
     AuditEntry,
     KeyChange,
@@ -169,12 +170,30 @@ class Transaction(ABC):
     async def insert_mfa(self, enrolment: MfaEnrolment) -> bool:
         """Enrol a principal; False (and nothing written) when it is already enrolled."""
 
+    @abstractmethod
+    async def add_events(self, events: Sequence[Event]) -> list[Event]:
+        """Append to the ``events`` outbox, with a pending delivery per subscribed
+        webhook; an event whose ``dedup`` key is already stored is skipped. The events
+        written."""
+
+    @abstractmethod
+    async def insert_webhook(self, webhook: Webhook) -> None: ...
+
+    @abstractmethod
+    async def delete_webhook(self, webhook_id: str) -> bool:
+        """Remove a webhook and its deliveries; False when there was none."""
+
+    @abstractmethod
+    async def redeliver(self, event_id: str, now: datetime) -> bool:
+        """Make the event due now, at every webhook subscribed to its type (attempts
+        from 0, delivered or failed ones too); False when there is no such event."""
+
 
 ChangeListener = Callable[[list[str]], Awaitable[None]]
 
 
 class Store(ABC):
-    """Source of truth for keys, audit and the change log."""
+    """Source of truth for keys, audit, the change log and the events outbox."""
 
     applied_migrations: tuple[int, ...] = ()  # what opening the store applied (for `store migrate`)
     # told the key IDs of every committed transaction that logged changes (the Redis
@@ -256,7 +275,7 @@ class Store(ABC):
 
     @abstractmethod
     async def count_by_kek_version(self) -> dict[int, int]:
-        """Wrapped records (key secrets and MFA seeds) per KEK version."""
+        """Wrapped records (key secrets, MFA seeds, webhook secrets) per KEK version."""
 
     @abstractmethod
     async def rewrap_mfa(self, target_version: int,
@@ -264,6 +283,43 @@ class Store(ABC):
         """Re-wrap every MFA seed not under the target version (``rewrap(principal,
         wrapped)``), in one transaction; the number re-wrapped. Seeds are few: one per
         admin principal."""
+
+    @abstractmethod
+    async def rewrap_webhooks(self, target_version: int, rewrap: Rewrap) -> int:
+        """Re-wrap every webhook secret not under the target version (``rewrap(id,
+        wrapped)``), in one transaction; the number re-wrapped."""
+
+    @abstractmethod
+    async def existing_dedups(self, dedups: Sequence[str]) -> set[str]:
+        """Which of these scheduled-event keys are already in the outbox."""
+
+    @abstractmethod
+    async def list_events(self, where: EventFilter, *, limit: int = 100,
+                          after: int | None = None) -> list[StoredEvent]:
+        """Events matching ``where`` with ``seq`` above ``after``, oldest first."""
+
+    @abstractmethod
+    async def get_event(self, event_id: str) -> StoredEvent | None: ...
+
+    @abstractmethod
+    async def list_webhooks(self) -> list[Webhook]: ...
+
+    @abstractmethod
+    async def claim_deliveries(self, now: datetime, lease_until: datetime, claim: str,
+                               limit: int) -> list[tuple[Delivery, Event, Webhook]]:
+        """Take up to ``limit`` pending deliveries due at ``now``: each is leased to
+        ``claim`` until ``lease_until`` (its ``next_attempt_at``), so no other
+        instance sends it meanwhile, and a sender that dies leaves it due again."""
+
+    @abstractmethod
+    async def finish_delivery(self, delivery: Delivery, claim: str) -> bool:
+        """Record an attempt's outcome (``delivery`` as it should now read) if the
+        lease is still ``claim``'s; False when it was lost."""
+
+    @abstractmethod
+    async def acquire_lease(self, name: str, holder: str, now: datetime,
+                            until: datetime) -> bool:
+        """Hold the named lease until ``until`` if it is free, expired or ours."""
 
     @abstractmethod
     async def rewrap_batch(self, target_version: int, limit: int, rewrap: Rewrap,
@@ -347,6 +403,29 @@ def filter_sql(where: KeyFilter, now: datetime, inactivity: float,
         conds.append(deadline)
     if where.status is not None:
         conds.append(_status_sql(where.status, now, inactivity, param))
+    return conds
+
+
+def event_sql(where: EventFilter, after: int | None, param: Callable[[Any], str]) -> list[str]:
+    """SQL conditions on ``events e`` (``param`` as in :func:`filter_sql`); the status
+    restates :attr:`StoredEvent.status`."""
+    conds: list[str] = []
+    if where.type is not None:
+        conds.append(f"e.type = {param(where.type)}")
+    if where.target is not None:
+        conds.append(f"e.target = {param(where.target)}")
+    if where.since is not None:
+        conds.append(f"e.occurred_at >= {param(where.since)}")
+    if after is not None:
+        conds.append(f"e.seq > {param(after)}")
+    if where.status is not None:
+        def has(state: str) -> str:
+            return (f"EXISTS (SELECT 1 FROM event_deliveries d WHERE d.event_seq = e.seq "
+                    f"AND d.state = '{state}')")
+        conds.append({"failed": has("failed"),
+                      "pending": f"{has('pending')} AND NOT {has('failed')}",
+                      "delivered": f"NOT {has('pending')} AND NOT {has('failed')}"
+                      }[where.status])
     return conds
 
 

@@ -5,7 +5,11 @@ A migration is never edited once released: add a new version instead. DESIGN.md
 need no migration for them. Version 2 (the admin API): per-minute usage counts
 per key, route, status and source address (``GET /v1/keys/{id}/activity``), TOTP
 enrolments (seed wrapped under the KEK, last accepted time step), and audit indexes
-for the actor filters.
+for the actor filters. Version 3 (lifecycle events, issue 11): the ``events`` outbox,
+webhook endpoints (secret wrapped under the KEK), one delivery row per (event,
+webhook) with its retry state and lease, and named leases (one scheduler at a time).
+``events.dedup`` is NULL for changes and set for what the scheduler finds, so two
+instances racing can never both insert the same ``key.expiring``.
 """
 
 from __future__ import annotations
@@ -83,6 +87,46 @@ SQLITE_MIGRATIONS: tuple[Migration, ...] = (
         "CREATE INDEX audit_actor_key ON audit (actor_key_id, id)",
         "CREATE INDEX audit_at ON audit (at, id)",
     )),
+    (3, (
+        """CREATE TABLE events (
+            seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+            id          TEXT NOT NULL UNIQUE,       -- evt_..., the receivers' de-duplication key
+            type        TEXT NOT NULL,
+            target      TEXT NOT NULL,              -- key ID, or kek:N
+            occurred_at TEXT NOT NULL,
+            payload     TEXT NOT NULL,              -- JSON object, never a secret
+            dedup       TEXT UNIQUE                 -- key|type|deadline for scheduled events
+        )""",
+        "CREATE INDEX events_target ON events (target, seq)",
+        """CREATE TABLE webhooks (
+            id            TEXT PRIMARY KEY,         -- whk_..., the RFC 9421 keyid
+            url           TEXT NOT NULL,
+            events_filter TEXT NOT NULL,            -- '' = every type, else ',a,b,'
+            created_at    TEXT NOT NULL,
+            created_by    TEXT NOT NULL,
+            kek_version   INTEGER NOT NULL,
+            nonce         BLOB NOT NULL,
+            ciphertext    BLOB NOT NULL             -- the signing secret, wrapped
+        )""",
+        """CREATE TABLE event_deliveries (
+            event_seq       INTEGER NOT NULL REFERENCES events (seq),
+            webhook_id      TEXT NOT NULL REFERENCES webhooks (id) ON DELETE CASCADE,
+            state           TEXT NOT NULL,          -- pending | delivered | failed
+            attempts        INTEGER NOT NULL,
+            next_attempt_at TEXT NOT NULL,          -- also the lease of a claimed delivery
+            claim           TEXT,                   -- who holds the lease
+            last_status     INTEGER,
+            last_error      TEXT,
+            delivered_at    TEXT,
+            PRIMARY KEY (event_seq, webhook_id)
+        )""",
+        "CREATE INDEX event_deliveries_due ON event_deliveries (state, next_attempt_at)",
+        """CREATE TABLE leases (
+            name   TEXT PRIMARY KEY,
+            holder TEXT NOT NULL,
+            until  TEXT NOT NULL
+        )""",
+    )),
 )
 
 POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
@@ -153,5 +197,45 @@ POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
         "CREATE INDEX audit_actor_principal ON audit (actor_principal, id)",
         "CREATE INDEX audit_actor_key ON audit (actor_key_id, id)",
         "CREATE INDEX audit_at ON audit (at, id)",
+    )),
+    (3, (
+        """CREATE TABLE events (
+            seq         bigserial PRIMARY KEY,
+            id          text NOT NULL UNIQUE,
+            type        text NOT NULL,
+            target      text NOT NULL,
+            occurred_at timestamptz NOT NULL,
+            payload     jsonb NOT NULL,
+            dedup       text UNIQUE
+        )""",
+        "CREATE INDEX events_target ON events (target, seq)",
+        """CREATE TABLE webhooks (
+            id            text PRIMARY KEY,
+            url           text NOT NULL,
+            events_filter text NOT NULL,
+            created_at    timestamptz NOT NULL,
+            created_by    text NOT NULL,
+            kek_version   integer NOT NULL,
+            nonce         bytea NOT NULL,
+            ciphertext    bytea NOT NULL
+        )""",
+        """CREATE TABLE event_deliveries (
+            event_seq       bigint NOT NULL REFERENCES events (seq),
+            webhook_id      text NOT NULL REFERENCES webhooks (id) ON DELETE CASCADE,
+            state           text NOT NULL,
+            attempts        integer NOT NULL,
+            next_attempt_at timestamptz NOT NULL,
+            claim           text,
+            last_status     integer,
+            last_error      text,
+            delivered_at    timestamptz,
+            PRIMARY KEY (event_seq, webhook_id)
+        )""",
+        "CREATE INDEX event_deliveries_due ON event_deliveries (state, next_attempt_at)",
+        """CREATE TABLE leases (
+            name   text PRIMARY KEY,
+            holder text NOT NULL,
+            until  timestamptz NOT NULL
+        )""",
     )),
 )

@@ -19,7 +19,9 @@ import asyncpg  # type: ignore[import-untyped]
 import orjson
 
 from gateway.config import ConfigError
+from gateway.events.model import Delivery, Event, EventFilter, StoredEvent, Webhook
 from gateway.keys.record import AuditEntry, KeyChange, KeyRecord, WrappedSecret
+from gateway.store import postgres_events as ev
 from gateway.store.base import (
     KEY_COLUMNS,
     MUTABLE_COLUMNS,
@@ -129,6 +131,17 @@ class _PostgresTx(Transaction):
             "SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[])",
             [c[0] for c in changes], [c[1] for c in changes], [c[2] for c in changes])
 
+    async def add_events(self, events: Sequence[Event]) -> list[Event]:
+        return await ev.add_events(self._c, events)
+
+    async def insert_webhook(self, webhook: Webhook) -> None:
+        await ev.insert_webhook(self._c, webhook)
+
+    async def delete_webhook(self, webhook_id: str) -> bool:
+        return await ev.delete_webhook(self._c, webhook_id)
+
+    async def redeliver(self, event_id: str, now: datetime) -> bool:
+        return await ev.redeliver(self._c, event_id, now)
 
     async def insert_mfa(self, enrolment: MfaEnrolment) -> bool:
         w = enrolment.wrapped
@@ -329,7 +342,8 @@ class PostgresStore(Store):
         async with self._conn() as c:
             rows = await c.fetch(
                 "SELECT kek_version, COUNT(*) FROM (SELECT kek_version FROM keys UNION ALL "
-                "SELECT kek_version FROM mfa_enrolments) AS w GROUP BY kek_version")
+                "SELECT kek_version FROM mfa_enrolments UNION ALL "
+                "SELECT kek_version FROM webhooks) AS w GROUP BY kek_version")
         return {int(r[0]): int(r[1]) for r in rows}
 
     async def rewrap_mfa(self, target_version: int,
@@ -345,6 +359,41 @@ class PostgresStore(Store):
                                 "ciphertext = $3 WHERE principal = $4", new.kek_version,
                                 new.nonce, new.ciphertext, r["principal"])
             return len(rows)
+
+    async def rewrap_webhooks(self, target_version: int, rewrap: Rewrap) -> int:
+        async with self._conn() as c, c.transaction():
+            return await ev.rewrap_webhooks(c, target_version, rewrap)
+
+    async def existing_dedups(self, dedups: Sequence[str]) -> set[str]:
+        async with self._conn() as c:
+            return await ev.existing_dedups(c, dedups)
+
+    async def list_events(self, where: EventFilter, *, limit: int = 100,
+                          after: int | None = None) -> list[StoredEvent]:
+        async with self._conn() as c:
+            return await ev.list_events(c, where, limit, after)
+
+    async def get_event(self, event_id: str) -> StoredEvent | None:
+        async with self._conn() as c:
+            return await ev.get_event(c, event_id)
+
+    async def list_webhooks(self) -> list[Webhook]:
+        async with self._conn() as c:
+            return await ev.list_webhooks(c)
+
+    async def claim_deliveries(self, now: datetime, lease_until: datetime, claim: str,
+                               limit: int) -> list[tuple[Delivery, Event, Webhook]]:
+        async with self._conn() as c:
+            return await ev.claim_deliveries(c, now, lease_until, claim, limit)
+
+    async def finish_delivery(self, delivery: Delivery, claim: str) -> bool:
+        async with self._conn() as c:
+            return await ev.finish_delivery(c, delivery, claim)
+
+    async def acquire_lease(self, name: str, holder: str, now: datetime,
+                            until: datetime) -> bool:
+        async with self._conn() as c:
+            return await ev.acquire_lease(c, name, holder, now, until)
 
     async def rewrap_batch(self, target_version: int, limit: int, rewrap: Rewrap,
                            at: datetime) -> int:

@@ -20,7 +20,9 @@ from typing import Any, TypeVar
 
 import orjson
 
+from gateway.events.model import Delivery, Event, EventFilter, StoredEvent, Webhook
 from gateway.keys.record import AuditEntry, KeyChange, KeyRecord, WrappedSecret
+from gateway.store import sqlite_events as ev
 from gateway.store.base import (
     KEY_COLUMNS,
     MUTABLE_COLUMNS,
@@ -136,6 +138,17 @@ class _SQLiteTx(Transaction):
         await self._s._run(lambda c: c.executemany(
             "INSERT INTO key_changes (key_id, kind, at) VALUES (?, ?, ?)", rows))
 
+    async def add_events(self, events: Sequence[Event]) -> list[Event]:
+        return await self._s._run(lambda c: ev.add_events(c, events))
+
+    async def insert_webhook(self, webhook: Webhook) -> None:
+        await self._s._run(lambda c: ev.insert_webhook(c, webhook))
+
+    async def delete_webhook(self, webhook_id: str) -> bool:
+        return await self._s._run(lambda c: ev.delete_webhook(c, webhook_id))
+
+    async def redeliver(self, event_id: str, now: datetime) -> bool:
+        return await self._s._run(lambda c: ev.redeliver(c, event_id, now))
 
     async def insert_mfa(self, enrolment: MfaEnrolment) -> bool:
         w = enrolment.wrapped
@@ -352,7 +365,8 @@ class SQLiteStore(Store):
     async def count_by_kek_version(self) -> dict[int, int]:
         rows = await self._locked(lambda c: c.execute(
             "SELECT kek_version, COUNT(*) FROM (SELECT kek_version FROM keys UNION ALL "
-            "SELECT kek_version FROM mfa_enrolments) GROUP BY kek_version").fetchall())
+            "SELECT kek_version FROM mfa_enrolments UNION ALL SELECT kek_version FROM webhooks) "
+            "GROUP BY kek_version").fetchall())
         return {int(v): int(n) for v, n in rows}
 
     async def rewrap_mfa(self, target_version: int,
@@ -369,6 +383,35 @@ class SQLiteStore(Store):
                           "ciphertext = ? WHERE principal = ?", updates)
             return len(updates)
         return await self._locked(lambda c: _in_transaction(c, run))
+
+    async def rewrap_webhooks(self, target_version: int, rewrap: Rewrap) -> int:
+        return await self._locked(lambda c: _in_transaction(
+            c, lambda c: ev.rewrap_webhooks(c, target_version, rewrap)))
+
+    async def existing_dedups(self, dedups: Sequence[str]) -> set[str]:
+        return await self._locked(lambda c: ev.existing_dedups(c, dedups))
+
+    async def list_events(self, where: EventFilter, *, limit: int = 100,
+                          after: int | None = None) -> list[StoredEvent]:
+        return await self._locked(lambda c: ev.list_events(c, where, limit, after))
+
+    async def get_event(self, event_id: str) -> StoredEvent | None:
+        return await self._locked(lambda c: ev.get_event(c, event_id))
+
+    async def list_webhooks(self) -> list[Webhook]:
+        return await self._locked(ev.list_webhooks)
+
+    async def claim_deliveries(self, now: datetime, lease_until: datetime, claim: str,
+                               limit: int) -> list[tuple[Delivery, Event, Webhook]]:
+        return await self._locked(lambda c: _in_transaction(
+            c, lambda c: ev.claim_deliveries(c, now, lease_until, claim, limit)))
+
+    async def finish_delivery(self, delivery: Delivery, claim: str) -> bool:
+        return await self._locked(lambda c: ev.finish_delivery(c, delivery, claim))
+
+    async def acquire_lease(self, name: str, holder: str, now: datetime,
+                            until: datetime) -> bool:
+        return await self._locked(lambda c: ev.acquire_lease(c, name, holder, now, until))
 
     async def rewrap_batch(self, target_version: int, limit: int, rewrap: Rewrap,
                            at: datetime) -> int:
