@@ -185,7 +185,10 @@ async def test_http10_clients_and_an_upstream_that_sends_no_date(tmp_path) -> No
     from .conftest import free_port
     from .gateway_fixtures import Upstream, start_gateway, stop
 
+    upstream_writers: list[asyncio.StreamWriter] = []
+
     async def undated(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream_writers.append(writer)
         try:
             while await reader.readuntil(b"\r\n\r\n"):
                 writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Up: 1\r\n\r\nok")
@@ -224,4 +227,7 @@ async def test_http10_clients_and_an_upstream_that_sends_no_date(tmp_path) -> No
         finally:
             stop(gw.proc)
     server.close()
+    for w in upstream_writers:  # closed here, not garbage-collected after the loop ends
+        w.close()
+        await asyncio.gather(w.wait_closed(), return_exceptions=True)
     await server.wait_closed()
