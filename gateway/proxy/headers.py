@@ -61,16 +61,21 @@ class TrustedProxies:
         return peer
 
 
+# Host and Content-Length are the forwarder's to write; Expect was answered here
+# (X-Request-Id: the gateway's own comes with the identity headers)
+_NOT_FORWARDED = HOP_BY_HOP | AUTH_HEADERS | {"host", "content-length", "expect", "x-request-id"}
+
+
 def upstream_headers(received: Sequence[tuple[str, str]], *, peer: str, peer_trusted: bool,
-                     scheme: str, host: str | None,
-                     identity: Sequence[tuple[str, str]]) -> Headers:
+                     scheme: str, host: str | None, identity: Sequence[tuple[str, str]],
+                     connection: Sequence[str] = ()) -> Headers:
     """What the upstream receives: the client's end-to-end headers, less its
-    credentials, hop-by-hop headers, ``X-Gateway-*`` and (from an untrusted peer)
+    credentials, hop-by-hop headers (``connection``: the values of its Connection
+    headers, which name more of them), ``X-Gateway-*`` and (from an untrusted peer)
     forwarding headers; then ours: identity, ``X-Forwarded-*``."""
-    # Host and Content-Length are the forwarder's to write; Expect was answered here
-    # (X-Request-Id: the gateway's own comes with the identity headers)
-    drop = HOP_BY_HOP | AUTH_HEADERS | _connection_tokens(received) | {
-        "host", "content-length", "expect", "x-request-id"}
+    drop = _NOT_FORWARDED
+    if connection:
+        drop = drop | {t.strip().lower() for v in connection for t in v.split(",") if t.strip()}
     out: Headers = []
     forwarded_for = proto = fhost = None
     for name, value in received:

@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Literal
 
 from redis.exceptions import RedisError
 
@@ -117,15 +118,25 @@ class KeyCache:
     def __contains__(self, key_id: str) -> bool:
         return key_id in self._entries
 
-    async def get(self, key_id: str) -> KeyEntry | None:
-        """The key's entry, or ``None`` when the store has no such key."""
+    def fresh(self, key_id: str) -> KeyEntry | None | Literal[False]:
+        """The cached answer for ``key_id`` without awaiting anything (the hot path),
+        or ``False`` when only :meth:`get` can tell."""
         cached = self._entries.get(key_id)
-        now = self._clock()
         if cached is not None:
             entry, loaded = cached
-            if now - loaded < (self._positive_ttl() if entry is not None else self._negative_ttl):
+            if self._clock() - loaded < (self._positive_ttl() if entry is not None
+                                         else self._negative_ttl):
                 self.stats.hits += 1
                 return entry
+        return False
+
+    async def get(self, key_id: str) -> KeyEntry | None:
+        """The key's entry, or ``None`` when the store has no such key."""
+        entry = self.fresh(key_id)
+        if entry is not False:
+            return entry
+        cached = self._entries.get(key_id)
+        now = self._clock()
         self.stats.misses += 1
         task = self._inflight.get(key_id)
         if task is None:  # single flight: one store read however many requests wait for it

@@ -24,7 +24,7 @@ from ..errors import GatewayError, SignatureError
 from ..keys.formats import is_well_formed_key_id
 from ..keys.lifecycle import KeyManager
 from ..keys.record import KeyRecord, rfc3339
-from ..signing import Body, Policy, Request, Verified, parse
+from ..signing import EMPTY_BODY, Body, Policy, Request, Verified, parse
 from .accesslog import AccessLog
 from .forward import Forwarder, UpstreamRequest
 from .headers import TrustedProxies, upstream_headers
@@ -130,7 +130,7 @@ class DataPlane:
             self.access_log.write({
                 "at": now, "request_id": request_id,
                 "peer": request.remote, "method": request.method[:16],
-                "path": request.path[:256], "status": response.status,
+                "path": request.raw_path.partition("?")[0][:256], "status": response.status,
                 "key_id": record.key_id if record else None,
                 "principal": record.principal if record else None,
                 "ms": round(elapsed * 1000, 3)})
@@ -181,13 +181,14 @@ class DataPlane:
                     raise GatewayError("rate_limited", "the key's rate limit is exceeded")
             # 10. forward exactly what was verified
             target = route.upstream_target(path, _strip_presign(query, facts))
-            peer = _peer(request)
+            peer = request.remote or ""
             upstream = UpstreamRequest(request.method, target, upstream_headers(
                 headers, peer=peer, peer_trusted=self.trusted.trusts(peer),
                 scheme=request.scheme, host=request.host,
                 identity=[("X-Gateway-Key-Id", record.key_id),
                           ("X-Gateway-Principal", record.principal),
-                          ("X-Request-Id", request_id)]), body)
+                          ("X-Request-Id", request_id)],
+                connection=request.headers.getall("Connection", ())), body)
             response = await self.forwarder.forward(request, route, upstream, answer)
             self.counters.count(route_name, response.status, "ok")
             self._count_use(request, record, route_name, response.status, now)
@@ -202,9 +203,14 @@ class DataPlane:
 
     def _count_use(self, request: web.BaseRequest, record: KeyRecord, route: str, status: int,
                    now: float) -> None:
-        client = self.trusted.client_address(_peer(request),
-                                             _forwarded_for(request))
-        self.usage.count(record.key_id, route, status, client, now)
+        self.usage.count(record.key_id, route, status, self._client(request), now)
+
+    def _client(self, request: web.BaseRequest) -> str:
+        """The client's address: the peer, or what trusted proxies in front of us say."""
+        peer = request.remote or ""
+        if not self.trusted:  # (then X-Forwarded-For is never believed: do not even read it)
+            return peer
+        return self.trusted.client_address(peer, _forwarded_for(request))
 
     async def authenticate(self, request: web.BaseRequest, headers: tuple[tuple[str, str], ...],
                            *, policy: Policy, max_body: int, replay: bool, now: float,
@@ -222,11 +228,14 @@ class DataPlane:
         if auth.key_id not in self.cache and not is_well_formed_key_id(auth.key_id):
             raise SignatureError("signature_invalid", "the signature does not match the request")
         # 6. the body, under the limit (answers Expect: 100-continue first)
-        body = await self._read_body(request, max_body)
+        body = await self._read_body(request, max_body) if request.body_exists else b""
         # 7. the key (cache, then store: 503 only if the store is down and it is not cached)
-        entry = await self.cache.get(auth.key_id)
+        entry = self.cache.fresh(auth.key_id)
+        if entry is False:
+            entry = await self.cache.get(auth.key_id)
         # 8. the MAC, against a dummy secret when the key is unknown (same cost, same code)
-        facts = auth.verify(entry.secret if entry else _DUMMY_SECRET, Body(body))
+        facts = auth.verify(entry.secret if entry else _DUMMY_SECRET,
+                            Body(body) if body else EMPTY_BODY)
         if entry is None:
             raise SignatureError("signature_invalid", "the signature does not match the request")
         record = entry.record
@@ -244,8 +253,6 @@ class DataPlane:
         return Authenticated(facts, record, body)
 
     async def _read_body(self, request: web.BaseRequest, limit: int) -> bytes:
-        if not request.body_exists:
-            return b""
         if request.headers.get("Expect", "").lower() == "100-continue":
             # the low-level server does not answer it: every check that needs no body passed
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -276,9 +283,7 @@ class DataPlane:
                 not record.issued_with_mfa:
             raise GatewayError("mfa_required", "keys issued without MFA are refused")
         if entry.sources is not None:
-            peer = _peer(request)
-            client = self.trusted.client_address(peer, _forwarded_for(request))
-            if not entry.sources.trusts(client):
+            if not entry.sources.trusts(self._client(request)):
                 raise GatewayError("source_denied", "the key may not be used from this address")
 
     async def _reserved(self, request: web.BaseRequest, path: str, auth: Authenticated,
@@ -294,9 +299,8 @@ class DataPlane:
             if self.manager is None:
                 raise GatewayError("not_implemented", "this listener cannot issue keys")
             now = datetime.now(UTC)
-            client = self.trusted.client_address(_peer(request),
-                                                 _forwarded_for(request))
-            issued = await self_rotate(self.manager, record, auth.body, source=client, now=now)
+            issued = await self_rotate(self.manager, record, auth.body,
+                                       source=self._client(request), now=now)
             # this instance sees the change at once, the others within one change poll
             self.cache.drop((record.key_id, issued.record.key_id))
             status, body = 201, issued.to_api(now, self._inactivity)
@@ -314,10 +318,6 @@ def _forwarded_for(request: web.BaseRequest) -> str | None:
     after one the client forged, and the rightmost entries are the ones to believe."""
     lines = request.headers.getall("X-Forwarded-For", ())
     return ", ".join(lines) if lines else None
-
-
-def _peer(request: web.BaseRequest) -> str:
-    return request.remote or ""
 
 
 def decoded_headers(request: web.BaseRequest, limit: int) -> tuple[tuple[str, str], ...]:

@@ -10,6 +10,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
+from functools import lru_cache
 from urllib.parse import urlsplit
 
 from ..config import AuthConfig, RouteConfig
@@ -106,5 +107,16 @@ class RouteTable:
 
 def scope_allows(granted: Iterable[str], required: str) -> bool:
     """Key scopes may use ``*`` wildcards: ``api:*`` grants ``api:read``; ``*`` grants all."""
+    if isinstance(granted, tuple):  # a key record's: the same few pairs, request after request
+        return _tuple_allows(granted, required)
+    return _allows(granted, required)
+
+
+def _allows(granted: Iterable[str], required: str) -> bool:
     return bool(required) and any(
         g == required or ("*" in g and fnmatchcase(required, g)) for g in granted)
+
+
+@lru_cache(maxsize=4096)
+def _tuple_allows(granted: tuple[str, ...], required: str) -> bool:
+    return _allows(granted, required)

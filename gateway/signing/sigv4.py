@@ -196,13 +196,16 @@ class SigV4Auth:
             raise SignatureError("signature_invalid",
                                  "the body does not match x-amz-content-sha256")
         scheme = self.scheme
-        components = ("@method", "@path", "@query", *self.signed_headers)
-        if body_signed:
-            components += ("@body",)
+        components = _components(self.signed_headers, body_signed)
         token = hashlib.sha256(b"\0".join((scheme.encode(), self.key_id.encode(),
                                            self.signature.encode()))).digest()[:16]
         return Verified(self.key_id, scheme, components, self.signed_at, self.expires_at, token,
                         body_signed)
+
+
+@lru_cache(maxsize=256)
+def _components(signed_headers: tuple[str, ...], body_signed: bool) -> tuple[str, ...]:
+    return ("@method", "@path", "@query", *signed_headers, *(("@body",) if body_signed else ()))
 
 
 @lru_cache(maxsize=4096)  # one value per key and day: parsed once
