@@ -8,6 +8,7 @@ most once; baselines replay one such request (they check nothing that would care
 from __future__ import annotations
 
 import hashlib
+import os
 import statistics
 import sys
 import tempfile
@@ -25,6 +26,8 @@ from .scenarios import Scenario
 __all__ = ["Settings", "run_scenario"]
 
 MAX_POOL = 600_000
+# scenarios with the Redis tier use this server, under a key prefix of the run's own
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 @dataclass(frozen=True)
@@ -154,6 +157,7 @@ class Runner:
             gw = self.spawn(T.start_gateway(
                 self.dir, f"gateway-w{workers}", direct.url, store_url=self.keyset.store_url,
                 keyring=self.keyset.keyring, replay=s.replay, workers=workers,
+                redis_url=REDIS_URL if s.redis else "",
                 cache_ttl=s.cache_ttl, body_limit=s.body, src=st.gateway_src))
             if s.hot_too:
                 self.loads.append(Load(label + " (hot key)", gw, keys=self.keyset.keys))
@@ -170,6 +174,16 @@ class Runner:
             t.stop()
         if self.s.store == "postgresql" and hasattr(self, "keyset"):
             drop_postgres(self.keyset)
+        prefixes = [t.info["redis_prefix"] for t in self.targets if t.info.get("redis_prefix")]
+        if prefixes:  # the replay tokens would expire anyway; leave nothing behind
+            import redis
+
+            client = redis.Redis.from_url(REDIS_URL)
+            for prefix in prefixes:
+                keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+                for i in range(0, len(keys), 1000):
+                    client.delete(*keys[i:i + 1000])
+            client.close()
 
     # phases ---------------------------------------------------------------------------
     def warm_up(self) -> None:

@@ -24,14 +24,17 @@ class Scenario:
     cold: bool = False  # first request per key (open loop, every request a new key)
     hot_too: bool = False  # many keys: also a hot-key pool on the same gateway
     cache_ttl: str = "60s"
+    redis: bool = True  # the Redis tier (replay and rate limits shared through it)
 
 
 _ALL = ("direct", "bare", "nginx", "njs")
 SCENARIOS = {s.name: s for s in [
-    Scenario("hot", "hot key, SigV4, 0-byte body, replay on, access log on: the main "
-             "scenario, every baseline, open-loop latency sweep", baselines=_ALL,
+    Scenario("hot", "hot key, SigV4, 0-byte body, replay on, Redis tier on, access log on: "
+             "the main scenario, every baseline, open-loop latency sweep", baselines=_ALL,
              open_loop=(0.1, 0.25, 0.5, 0.75)),
     Scenario("rfc9421", "hot key, RFC 9421, 0-byte body", scheme="rfc9421", baselines=_ALL),
+    Scenario("redis-off", "hot key, SigV4, no [redis] section: replay protection per "
+             "process", redis=False, baselines=("direct", "bare", "njs")),
     Scenario("replay-off", "hot key, SigV4, replay protection off", replay="off",
              baselines=("direct", "bare", "njs")),
     Scenario("body-1k", "hot key, SigV4, 1 KiB POST body", body=1024, baselines=_ALL),
@@ -51,5 +54,5 @@ SCENARIOS = {s.name: s for s in [
     Scenario("smoke", "a ~2-second run of the whole pipeline for the test suite",
              baselines=("direct", "bare"), open_loop=(0.25,)),
 ]}
-MAIN = ("hot", "rfc9421", "replay-off", "body-1k", "body-64k", "body-1m", "many-keys",
+MAIN = ("hot", "rfc9421", "redis-off", "replay-off", "body-1k", "body-64k", "body-1m", "many-keys",
         "workers-2", "cold-sqlite", "cold-postgresql")

@@ -246,5 +246,6 @@ max_body = {max(body_limit, 1024 * 1024) * 2}
     commit = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True,
                             text=True, check=False).stdout.strip()
     target.info = {"config": config.read_text(), "access_log": str(access), "src": str(src),
+                   "redis_prefix": f"bench:{port}:" if redis_url else None,
                    "commit": commit}
     return target
