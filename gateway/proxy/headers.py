@@ -110,6 +110,7 @@ def response_headers(received: Iterable[tuple[str, str]]) -> Headers:
 
 
 _RAW_HOP_BY_HOP = frozenset(n.encode("ascii") for n in HOP_BY_HOP)
+_RAW_DROP = {True: _RAW_HOP_BY_HOP, False: _RAW_HOP_BY_HOP | {b"content-length"}}
 
 
 def raw_response_headers(received: Sequence[tuple[bytes, bytes]], *, keep_length: bool
@@ -117,10 +118,16 @@ def raw_response_headers(received: Sequence[tuple[bytes, bytes]], *, keep_length
     """:func:`response_headers` over the raw lines of a parsed response, as
     ``b"Name: value\\r\\n"`` lines (llhttp has refused CR, LF and NUL in them);
     ``Content-Length`` too unless ``keep_length``."""
-    drop = set(_RAW_HOP_BY_HOP)
-    if not keep_length:
-        drop.add(b"content-length")
+    drop = _RAW_DROP[keep_length]
+    out, named = [], set()
     for name, value in received:
-        if name.lower() == b"connection":
-            drop.update(t.strip().lower() for t in value.split(b",") if t.strip())
-    return [b"%s: %s\r\n" % (n, v) for n, v in received if n.lower() not in drop]
+        lname = name.lower()
+        if lname in drop:
+            if lname == b"connection":  # it names more hop-by-hop headers
+                named.update(t.strip().lower() for t in value.split(b","))
+            continue
+        out.append(b"%s: %s\r\n" % (name, value))
+    if named:  # rare: filter again
+        return [b"%s: %s\r\n" % (n, v) for n, v in received
+                if n.lower() not in drop and n.lower() not in named]
+    return out

@@ -240,7 +240,9 @@ class _Pool:
         self._idle: deque[_Connection] = deque()
         self._max_idle = max_idle
         self._idle_timeout = idle_timeout
-        self.slots = asyncio.Semaphore(limit)
+        self._limit = limit  # exchanges at once; more wait their turn, first come first served
+        self._busy = 0
+        self._queue: deque[asyncio.Future[None]] = deque()
 
     async def connection(self, connect_timeout: float) -> tuple[_Connection, bool]:
         """A pooled connection (``True``) or a new one (``False``)."""
@@ -263,6 +265,30 @@ class _Pool:
             raise GatewayError("upstream_unreachable",
                                "the upstream could not be reached") from None
         return conn, False
+
+    async def acquire(self, loop: asyncio.AbstractEventLoop) -> None:
+        """A slot for one exchange (an ``asyncio.Semaphore`` costs µs more per request)."""
+        if self._busy < self._limit and not self._queue:
+            self._busy += 1
+            return
+        turn = loop.create_future()
+        self._queue.append(turn)
+        try:
+            await turn  # release() hands its slot over: _busy stays counted
+        except BaseException:
+            if turn.done() and not turn.cancelled():
+                self.release()  # handed a slot as we were cancelled: pass it on
+            else:
+                self._queue.remove(turn)
+            raise
+
+    def release(self) -> None:
+        while self._queue:
+            turn = self._queue.popleft()
+            if not turn.done():
+                turn.set_result(None)
+                return
+        self._busy -= 1
 
     def put_back(self, conn: _Connection) -> None:
         if len(self._idle) >= self._max_idle:
@@ -321,22 +347,24 @@ class LeanForwarder:
         loop = self._loop or asyncio.get_running_loop()  # held: a getpid per call on 3.11
         self._loop = loop
         deadline = loop.time() + route.timeout
-        async with pool.slots:
+        await pool.acquire(loop)
+        try:
+            conn = await self._exchange(pool, route, upstream.method, data, loop, deadline)
             try:
-                conn = await self._exchange(pool, route, upstream.method, data, loop, deadline)
-                try:
-                    return await self._answer(client, conn, extra_headers, started,
-                                              head=upstream.method == "HEAD")
-                except BaseException:
-                    conn.close()
-                    raise
-            except _Expired:
-                if started:  # the answer has begun: all we can do is cut the connection
-                    if client.transport is not None:
-                        client.transport.close()
-                    return started[0]
-                raise GatewayError("upstream_timeout",
-                                   "the upstream did not answer in time") from None
+                return await self._answer(client, conn, extra_headers, started,
+                                          head=upstream.method == "HEAD")
+            except BaseException:
+                conn.close()
+                raise
+        except _Expired:
+            if started:  # the answer has begun: all we can do is cut the connection
+                if client.transport is not None:
+                    client.transport.close()
+                return started[0]
+            raise GatewayError("upstream_timeout",
+                               "the upstream did not answer in time") from None
+        finally:
+            pool.release()
 
     async def _exchange(self, pool: _Pool, route: Route, method: str, data: bytes,
                         loop: asyncio.AbstractEventLoop, deadline: float) -> _Connection:

@@ -48,7 +48,7 @@ _SIGNED_HEADERS_RE = re.compile(f"{_TOKEN}(?:;{_TOKEN})*")
 _SIGNATURE_RE = re.compile(r"[0-9a-f]{64}")
 # the layout every SDK and curl send; anything else goes through the general parser
 _AUTHORIZATION_RE = re.compile(
-    r"AWS4-HMAC-SHA256 Credential=([^,]*), ?SignedHeaders=([^,]*), ?Signature=([^,]*)")
+    r"AWS4-HMAC-SHA256 Credential=([^,]*), ?SignedHeaders=([^,]*), ?Signature=([0-9a-f]{64})")
 _KEY_ID_RE = re.compile(r"[!-.0-~]+")  # printable ASCII but "/"
 
 
@@ -311,20 +311,19 @@ def parse_header_auth(request: Request, authorization: str, policy: Policy,
                       now: float) -> SigV4Auth:
     """Parse ``Authorization: AWS4-HMAC-SHA256 Credential=..., SignedHeaders=..., Signature=...``."""
     fast = _AUTHORIZATION_RE.fullmatch(authorization)
-    if fast:
-        credential, signed_headers_text, signature_text = fast.groups()
+    if fast:  # (its signature is 64 lower-case hex digits already)
+        credential, signed_headers_text, signature = fast.groups()
     else:
         fields = _authorization_fields(authorization)
         credential = fields["Credential"]
         signed_headers_text = fields["SignedHeaders"]
-        signature_text = fields["Signature"]
+        signature = _check_signature_hex(fields["Signature"])
     amz_date = request.single_header("x-amz-date")
     if amz_date is None:
         raise _bad("the X-Amz-Date header is required")
     signed_at = _parse_amz_date(amz_date)
     key_id, region, service = _credential(credential, amz_date, policy)
     signed_headers = _signed_headers(signed_headers_text, request, header_auth=True)
-    signature = _check_signature_hex(signature_text)
     if abs(now - signed_at) > policy.clock_skew:
         raise SignatureError("request_expired", "X-Amz-Date is outside the allowed clock window")
     return SigV4Auth(

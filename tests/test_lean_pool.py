@@ -1,0 +1,55 @@
+"""The lean forwarder's per-upstream limit on exchanges at once: never exceeded,
+first come first served, and a waiter that gives up (a client that went away) takes
+no slot with it."""
+
+from __future__ import annotations
+
+import asyncio
+
+from gateway.config import AuthConfig, RouteConfig
+from gateway.proxy.lean import _Pool
+from gateway.proxy.routes import build_route
+
+
+def pool(limit: int) -> _Pool:
+    route = build_route(RouteConfig(prefix="/api/", upstream="http://127.0.0.1:9"),
+                        AuthConfig())
+    return _Pool(route, max_idle=4, idle_timeout=30.0, limit=limit)
+
+
+async def test_the_limit_holds_and_waiters_are_served_in_order() -> None:
+    p, loop = pool(2), asyncio.get_running_loop()
+    active, peak, order = 0, 0, []
+
+    async def exchange(i: int) -> None:
+        nonlocal active, peak
+        await p.acquire(loop)
+        try:
+            active += 1
+            peak = max(peak, active)
+            order.append(i)
+            await asyncio.sleep(0.01)
+        finally:
+            active -= 1
+            p.release()
+
+    await asyncio.gather(*(exchange(i) for i in range(7)))
+    assert peak == 2 and order == list(range(7))
+
+
+async def test_a_cancelled_waiter_leaves_no_slot_taken() -> None:
+    p, loop = pool(1), asyncio.get_running_loop()
+    await p.acquire(loop)  # the only slot
+    waiter = asyncio.ensure_future(p.acquire(loop))
+    await asyncio.sleep(0)
+    waiter.cancel()  # gives up while queued
+    await asyncio.gather(waiter, return_exceptions=True)
+    handed = asyncio.ensure_future(p.acquire(loop))
+    await asyncio.sleep(0)
+    p.release()  # handed to the next waiter...
+    handed.cancel()  # ...which is cancelled in the same tick, after the hand-over
+    await asyncio.gather(handed, return_exceptions=True)
+    # every slot is free again: a new exchange gets one at once
+    await asyncio.wait_for(p.acquire(loop), 1)
+    p.release()
+    assert p._busy == 0 and not p._queue
