@@ -50,9 +50,9 @@ async def test_replay_and_rate_limit_answers_in_the_urls_database(tmp_path: Path
     try:
         token = secrets.token_bytes(16)
         # one tick, one pipeline: the second SET NX of the same token loses
-        first, second = await asyncio.gather(tier.first_use(token, 60), tier.first_use(token, 60))
-        assert (first, second) == (True, False)
-        assert await tier.first_use(secrets.token_bytes(16), 60) is True
+        first, second = await asyncio.gather(tier.claim(token, 60), tier.claim(token, 60))
+        assert (first, second) == (b"OK", None)
+        assert await tier.claim(secrets.token_bytes(16), 60) == b"OK"
         assert await tier.allow("gwk_rate", 1.0, 2) == (True, 0.0)  # loads the script
         # 1 request/s, burst 2: of three more in one pipeline, in order, one gets through
         answers = await asyncio.gather(*(tier.allow("gwk_rate", 1.0, 2) for _ in range(3)))
@@ -75,7 +75,7 @@ async def test_a_wrong_password_is_a_failed_batch_not_an_answer(tmp_path: Path) 
     tier = SharedTier(RedisConfig(url=f"redis://:wrong@127.0.0.1:{port}/0", prefix="t:"))
     try:
         with pytest.raises(RedisDown):
-            await tier.first_use(secrets.token_bytes(16), 60)
+            await tier.claim(secrets.token_bytes(16), 60)
         assert not tier.healthy
     finally:
         await tier.close()
@@ -99,7 +99,7 @@ async def test_a_stalled_redis_fails_the_batch_within_the_timeout() -> None:
         loop = asyncio.get_running_loop()
         started = loop.time()
         with pytest.raises(RedisDown):
-            await asyncio.wait_for(tier.first_use(secrets.token_bytes(16), 60), 5)
+            await asyncio.wait_for(tier.claim(secrets.token_bytes(16), 60), 5)
         assert loop.time() - started < 2  # the tier's own timeout, not the guard above
         assert not tier.healthy
         await asyncio.wait_for(closed.wait(), 5)  # late replies can reach nobody
@@ -121,7 +121,7 @@ async def test_a_restarted_redis_that_forgot_the_script_recovers(tmp_path: Path)
         proc.kill()
         proc.wait()
         with pytest.raises(RedisDown):  # the server is gone: the connection's loss is seen
-            await asyncio.wait_for(tier.first_use(secrets.token_bytes(16), 60), 5)
+            await asyncio.wait_for(tier.claim(secrets.token_bytes(16), 60), 5)
     finally:
         await tier.close()
         if proc.poll() is None:

@@ -244,14 +244,20 @@ class _Pool:
         self._busy = 0
         self._queue: deque[asyncio.Future[None]] = deque()
 
-    async def connection(self, connect_timeout: float) -> tuple[_Connection, bool]:
-        """A pooled connection (``True``) or a new one (``False``)."""
+    def pooled(self) -> _Connection | None:
+        """The most recently used idle connection still fit for use (the likeliest alive)."""
+        if not self._idle:
+            return None
         now = time.monotonic()
         while self._idle:
-            conn = self._idle.pop()  # most recently used first: the likeliest alive
+            conn = self._idle.pop()
             if not conn.closed and now - conn.idle_since < self._idle_timeout:
-                return conn, True
+                return conn
             conn.close()
+        return None
+
+    async def connect(self, connect_timeout: float) -> _Connection:
+        """A new connection."""
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(connect_timeout):
@@ -264,7 +270,7 @@ class _Pool:
         except OSError:
             raise GatewayError("upstream_unreachable",
                                "the upstream could not be reached") from None
-        return conn, False
+        return conn
 
     async def acquire(self, loop: asyncio.AbstractEventLoop) -> None:
         """A slot for one exchange (an ``asyncio.Semaphore`` costs µs more per request)."""
@@ -369,7 +375,10 @@ class LeanForwarder:
     async def _exchange(self, pool: _Pool, route: Route, method: str, data: bytes,
                         loop: asyncio.AbstractEventLoop, deadline: float) -> _Connection:
         for attempt in (1, 2):
-            conn, reused = await pool.connection(route.connect_timeout)
+            conn = pool.pooled()
+            reused = conn is not None
+            if conn is None:
+                conn = await pool.connect(route.connect_timeout)
             try:
                 await conn.send(data, loop, deadline)
                 return conn

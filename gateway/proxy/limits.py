@@ -35,7 +35,7 @@ class Limits:
         shared = self.shared
         if shared is not None and shared.healthy:
             try:
-                return await shared.first_use(token, until - now)
+                return await shared.claim(token, until - now) is not None
             except RedisDown:
                 pass
         if shared is not None:

@@ -263,11 +263,12 @@ class SharedTier:
             await pipe.execute()
 
     # -- replay and rate limits: batched per tick -----------------------------------------
-    async def first_use(self, token: bytes, ttl: float) -> bool:
-        result = await self._batch.submit(
-            "SET", f"{self.prefix}replay:{token.hex()}", b"1", "NX", "PX",
-            max(1, int(ttl * 1000)))
-        return result is not None
+    def claim(self, token: bytes, ttl: float) -> asyncio.Future[Any]:
+        """Record a replay token (``SET NX``, in this tick's batch): the future's result
+        is ``None`` if any instance recorded it before. Not a coroutine: one layer less
+        on the hot path."""
+        return self._batch.submit("SET", f"{self.prefix}replay:{token.hex()}", b"1", "NX",
+                                  "PX", max(1, int(ttl * 1000)))
 
     async def allow(self, key_id: str, rps: float, burst: int) -> tuple[bool, float]:
         """GCRA across every instance; (allowed, seconds until allowed)."""
