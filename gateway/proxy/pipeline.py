@@ -141,6 +141,7 @@ class DataPlane:
         answer = [("X-Request-Id", request_id)]
         route_name = "-"
         record: KeyRecord | None = None
+        method = request.method
         try:
             # 1. size of the head, target form and the path rule (400) — before anything else
             headers = decoded_headers(request, self._max_headers)
@@ -161,17 +162,16 @@ class DataPlane:
             # 4-9. signature, key, MAC, replay, key status and policy
             auth = await self.authenticate(
                 request, headers, policy=route.policy if route else self.reserved_policy,
-                max_body=max_body, replay=route is None or route.replay_applies(request.method),
+                max_body=max_body, replay=route is None or route.replay_applies(method),
                 now=now, answer=answer)
             record, facts, body = auth.record, auth.facts, auth.body
             if route is None:
                 response = await self._reserved(request, path, auth, answer)
                 self._count_use(request, record, route_name, response.status, now)
                 return response, record
-            required = route.required_scope(request.method)
+            required = route.required_scope(method)
             if required is not None and not scope_allows(record.scopes, required):
-                raise GatewayError("scope_denied",
-                                   f"the key may not {request.method[:16]} here")
+                raise GatewayError("scope_denied", f"the key may not {method[:16]} here")
             # rate limit: after verification, so strangers cannot spend someone's quota
             if record.rate_limit is not None:
                 allowed, wait = await self.limits.allow(
@@ -182,7 +182,7 @@ class DataPlane:
             # 10. forward exactly what was verified
             target = route.upstream_target(path, _strip_presign(query, facts))
             peer = request.remote or ""
-            upstream = UpstreamRequest(request.method, target, upstream_headers(
+            upstream = UpstreamRequest(method, target, upstream_headers(
                 headers, peer=peer, peer_trusted=self.trusted.trusts(peer),
                 scheme=request.scheme, host=request.host,
                 identity=[("X-Gateway-Key-Id", record.key_id),
