@@ -114,20 +114,26 @@ _RAW_DROP = {True: _RAW_HOP_BY_HOP, False: _RAW_HOP_BY_HOP | {b"content-length"}
 
 
 def raw_response_headers(received: Sequence[tuple[bytes, bytes]], *, keep_length: bool
-                         ) -> list[bytes]:
-    """:func:`response_headers` over the raw lines of a parsed response, as
-    ``b"Name: value\\r\\n"`` lines (llhttp has refused CR, LF and NUL in them);
-    ``Content-Length`` too unless ``keep_length``."""
+                         ) -> tuple[list[bytes], bool]:
+    """:func:`response_headers` over the raw lines of a parsed response (llhttp has
+    refused CR, LF and NUL in them), as pieces of the head to join — ``Name``, ``: ``,
+    ``value``, CRLF — and whether a ``Date`` is among them; ``Content-Length`` is
+    dropped too unless ``keep_length``."""
     drop = _RAW_DROP[keep_length]
-    out, named = [], set()
+    out: list[bytes] = []
+    named: set[bytes] = set()  # more hop-by-hop headers, named in Connection
+    dated = False
     for name, value in received:
         lname = name.lower()
         if lname in drop:
-            if lname == b"connection":  # it names more hop-by-hop headers
-                named.update(t.strip().lower() for t in value.split(b","))
+            if lname == b"connection":
+                named.update({t.strip().lower() for t in value.split(b",")} - drop)
             continue
-        out.append(b"%s: %s\r\n" % (name, value))
-    if named:  # rare: filter again
-        return [b"%s: %s\r\n" % (n, v) for n, v in received
-                if n.lower() not in drop and n.lower() not in named]
-    return out
+        dated = dated or lname == b"date"
+        out += (name, b": ", value, b"\r\n")
+    if named:  # rare ("Connection: keep-alive" names nothing new): filter again
+        out = []
+        for name, value in received:
+            if name.lower() not in drop and name.lower() not in named:
+                out += (name, b": ", value, b"\r\n")
+    return out, dated

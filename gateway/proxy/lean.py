@@ -450,10 +450,9 @@ class _Buffered(web.StreamResponse):
                  extra: list[tuple[str, str]], body: bytes | None, *,
                  keep_length: bool) -> None:
         super().__init__(status=status)
-        self._lines = raw_response_headers(headers, keep_length=keep_length)
+        self._lines, self._dated = raw_response_headers(headers, keep_length=keep_length)
         self._extra = extra
         self._content = body
-        self._dated = any(n.lower() == b"date" for n, _ in headers)
 
     async def prepare(self, request: web.BaseRequest) -> None:
         if self._eof_sent:
@@ -462,8 +461,8 @@ class _Buffered(web.StreamResponse):
         keep_alive = self._keep_alive = request.keep_alive
         status = self.status
         parts = [b"HTTP/%d.%d %d %s\r\n" % (version.major, version.minor, status,
-                                                _REASONS.get(status, b"Unknown")),
-                 *self._lines]
+                                                _REASONS.get(status, b"Unknown"))]
+        parts += self._lines
         parts += [f"{n}: {v}\r\n".encode("latin-1") for n, v in self._extra]
         if not self._dated:  # RFC 9110 §6.6.1: a proxy adds the Date the origin left out
             parts.append(b"Date: %s\r\n" % rfc822_formatted_time().encode("ascii"))
