@@ -22,6 +22,7 @@ from redis.exceptions import RedisError
 from ..errors import GatewayError
 from ..kek import KekError, Keyring
 from ..keys.record import KeyRecord
+from ..signing import Derived
 from ..store import Store, StoreError
 from .headers import TrustedProxies
 from .shared import RedisDown, SharedTier
@@ -39,7 +40,7 @@ class KeyEntry:
     (computed once per load, so the hot path compares floats, not datetimes)."""
 
     __slots__ = ("record", "secret", "revoked_at", "expires_at", "inactive_at", "deadline",
-                 "sources")
+                 "sources", "derived")
 
     def __init__(self, record: KeyRecord, secret: bytes, inactivity: float) -> None:
         self.record = record
@@ -52,6 +53,7 @@ class KeyEntry:
         # the key's source allowlist, parsed once per load rather than per request
         self.sources = (None if record.source_cidrs is None
                         else TrustedProxies(record.source_cidrs))
+        self.derived: Derived = {}  # SigV4 signing keys, derived once per day while cached
 
     def status(self, now: float) -> str:
         """As ``KeyRecord.status`` (same precedence), at epoch second ``now``."""

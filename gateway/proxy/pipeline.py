@@ -235,7 +235,8 @@ class DataPlane:
             entry = await self.cache.get(auth.key_id)
         # 8. the MAC, against a dummy secret when the key is unknown (same cost, same code)
         facts = auth.verify(entry.secret if entry else _DUMMY_SECRET,
-                            Body(body) if body else EMPTY_BODY)
+                            Body(body) if body else EMPTY_BODY,
+                            entry.derived if entry else None)
         if entry is None:
             raise SignatureError("signature_invalid", "the signature does not match the request")
         record = entry.record

@@ -13,11 +13,11 @@ else escapes. Messages never contain the secret or the expected signature.
 from __future__ import annotations
 
 from ..errors import SignatureError
-from .message import EMPTY_BODY, Body, Policy, Request, Verified
+from .message import EMPTY_BODY, Body, Derived, Policy, Request, Verified
 from .rfc9421 import RFC9421Auth, parse_signature
 from .sigv4 import SigV4Auth, parse_header_auth, parse_query_auth, query_auth_params
 
-__all__ = ["EMPTY_BODY", "Body", "Policy", "RFC9421Auth", "Request", "SigV4Auth",
+__all__ = ["EMPTY_BODY", "Body", "Derived", "Policy", "RFC9421Auth", "Request", "SigV4Auth",
            "SignatureError", "Verified", "parse"]
 
 

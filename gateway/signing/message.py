@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import hmac
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -15,7 +16,10 @@ from typing import NamedTuple
 from ..config import AuthConfig, RouteConfig
 from ..errors import SignatureError
 
-__all__ = ["Body", "Policy", "Request", "Verified", "utf8"]
+__all__ = ["Body", "Derived", "Policy", "Request", "Verified", "utf8"]
+
+# a secret's keyed HMACs, per (date, region, service): SigV4's derived signing keys
+Derived = dict[tuple[str, str, str], hmac.HMAC]
 
 
 def utf8(text: str) -> bytes:

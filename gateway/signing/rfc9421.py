@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from urllib.parse import parse_qsl, quote, unquote
 
 from ..errors import SignatureError
-from .message import Body, Policy, Request, Verified, utf8
+from .message import Body, Derived, Policy, Request, Verified, utf8
 from .sfv import InnerList, Item, SFVError, Token, parse_dictionary, serialize_inner_list, \
     serialize_item
 
@@ -162,8 +162,9 @@ class RFC9421Auth:
         if not hmac.compare_digest(expected, self.signature):
             raise SignatureError("signature_invalid", "the signature does not match the request")
 
-    def verify(self, secret: bytes, body: Body) -> Verified:
-        """Check coverage policy, the MAC with ``secret``, then the body digest."""
+    def verify(self, secret: bytes, body: Body, derived: Derived | None = None) -> Verified:
+        """Check coverage policy, the MAC with ``secret``, then the body digest
+        (``derived`` is SigV4's: HMAC over a signature base needs no derived key)."""
         self.check_coverage(body)
         self.verify_mac(secret)
         if "content-digest" in self.covered:

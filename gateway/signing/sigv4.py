@@ -22,7 +22,7 @@ from functools import lru_cache
 from urllib.parse import quote_from_bytes, unquote_to_bytes
 
 from ..errors import SignatureError
-from .message import Body, Policy, Request, Verified, utf8
+from .message import Body, Derived, Policy, Request, Verified, utf8
 
 __all__ = [
     "ALGORITHM",
@@ -182,9 +182,18 @@ class SigV4Auth:
         creq = hashlib.sha256(utf8(self.canonical_request(body))).hexdigest()
         return f"{ALGORITHM}\n{self.amz_date}\n{self.scope}\n{creq}"
 
-    def verify(self, secret: bytes, body: Body) -> Verified:
-        """Check the MAC with ``secret`` and the body against what was signed."""
-        expected = _mac(secret, self.amz_date[:8], self.region, self.service).copy()
+    def verify(self, secret: bytes, body: Body, derived: Derived | None = None) -> Verified:
+        """Check the MAC with ``secret`` and the body against what was signed.
+        ``derived``: the caller's memo of this secret's keyed HMACs, per (date, region,
+        service) — a key cache keeps one per key, so that however many keys are in use,
+        each derives its signing key once a day instead of thrashing a shared LRU."""
+        scope = (self.amz_date[:8], self.region, self.service)
+        keyed = None if derived is None else derived.get(scope)
+        if keyed is None:
+            keyed = _mac(secret, *scope)
+            if derived is not None:
+                derived[scope] = keyed
+        expected = keyed.copy()
         expected.update(self.string_to_sign(body).encode("ascii"))
         if not hmac.compare_digest(expected.hexdigest().encode("ascii"),
                                    self.signature.encode("ascii")):
