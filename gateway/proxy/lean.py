@@ -456,7 +456,7 @@ class _Buffered(web.StreamResponse):
 
     async def prepare(self, request: web.BaseRequest) -> None:
         if self._eof_sent:
-            return None
+            return
         version = request.version
         keep_alive = self._keep_alive = request.keep_alive
         status = self.status
@@ -483,7 +483,6 @@ class _Buffered(web.StreamResponse):
         self._eof_sent = True
         if transport.get_write_buffer_size() > BUFFER_LIMIT:
             await request._payload_writer.drain()  # a client that does not read: wait
-        return None
 
     async def write_eof(self, data: bytes = b"") -> None:
         return None  # written whole by prepare()

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-
 from collections.abc import Callable, Sequence
 from typing import Any
 
