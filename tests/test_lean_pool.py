@@ -49,6 +49,13 @@ async def test_a_cancelled_waiter_leaves_no_slot_taken() -> None:
     p.release()  # handed to the next waiter...
     handed.cancel()  # ...which is cancelled in the same tick, after the hand-over
     await asyncio.gather(handed, return_exceptions=True)
+    await p.acquire(loop)  # the slot again
+    skipped = asyncio.ensure_future(p.acquire(loop))
+    await asyncio.sleep(0)
+    skipped.cancel()  # cancelled, and in the same tick release() passes over it
+    p.release()
+    (outcome,) = await asyncio.gather(skipped, return_exceptions=True)
+    assert isinstance(outcome, asyncio.CancelledError)  # cancelled, not some other error
     # every slot is free again: a new exchange gets one at once
     await asyncio.wait_for(p.acquire(loop), 1)
     p.release()

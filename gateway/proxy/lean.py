@@ -284,7 +284,7 @@ class _Pool:
         except BaseException:
             if turn.done() and not turn.cancelled():
                 self.release()  # handed a slot as we were cancelled: pass it on
-            else:
+            elif turn in self._queue:  # (release() may have skipped it already)
                 self._queue.remove(turn)
             raise
 
