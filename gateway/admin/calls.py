@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime
 
 from aiohttp import web
@@ -20,27 +19,19 @@ from .state import CALLER_KEY, GATEWAY_KEY, Caller
 __all__ = ["routes"]
 
 AUDIT_PARAMS = ("key_id", "actor", "action", "since", "until", "limit", "cursor")
-_CURSOR = re.compile(r"[0-9]{1,18}", re.ASCII)
 
 
 async def list_audit(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAY_KEY]
     await require_scope(gateway, request, request[CALLER_KEY], "admin:audit:read")
     q = schema.query(request.query, AUDIT_PARAMS)
-    cursor = q.get("cursor")
-    if cursor is not None and _CURSOR.fullmatch(cursor) is None:
-        raise GatewayError("invalid_request", "malformed cursor")
     where = AuditFilter(
         key_id=q.get("key_id"), actor=q.get("actor"), action=q.get("action"),
         since=schema.instant(q["since"], "since") if "since" in q else None,
         until=schema.instant(q["until"], "until") if "until" in q else None)
-    limit = schema.limit(q.get("limit"))
-    items = await gateway.store.find_audit(where, limit=limit + 1,
-                                           after=int(cursor) if cursor else None)
-    more = len(items) > limit
-    items = items[:limit]
-    return json_response({"items": [e.to_api() for e in items],
-                          "next_cursor": str(items[-1].id) if more else None})
+    return json_response(await schema.numbered_page(
+        q, lambda n, after: gateway.store.find_audit(where, limit=n, after=after),
+        lambda entry: entry.id))
 
 
 async def whoami(request: web.Request) -> web.Response:

@@ -4,7 +4,6 @@ trail); redelivering changes what is sent, so it needs ``admin:keys:write``."""
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime
 
 from aiohttp import web
@@ -21,7 +20,6 @@ __all__ = ["routes"]
 
 READ = "admin:audit:read"
 EVENT_PARAMS = ("type", "target", "status", "since", "limit", "cursor")
-_CURSOR = re.compile(r"[0-9]{1,18}", re.ASCII)
 
 
 def _choice(value: str | None, choices: tuple[str, ...], what: str) -> str | None:
@@ -34,20 +32,13 @@ async def list_events(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAY_KEY]
     await require_scope(gateway, request, request[CALLER_KEY], READ)
     q = schema.query(request.query, EVENT_PARAMS)
-    cursor = q.get("cursor")
-    if cursor is not None and _CURSOR.fullmatch(cursor) is None:
-        raise GatewayError("invalid_request", "malformed cursor")
     where = EventFilter(
         type=_choice(q.get("type"), EVENT_TYPES, "type"), target=q.get("target"),
         status=_choice(q.get("status"), DELIVERY_STATES, "status"),  # type: ignore[arg-type]
         since=schema.instant(q["since"], "since") if "since" in q else None)
-    limit = schema.limit(q.get("limit"))
-    items = await gateway.store.list_events(where, limit=limit + 1,
-                                            after=int(cursor) if cursor else None)
-    more = len(items) > limit
-    items = items[:limit]
-    return json_response({"items": [e.to_api() for e in items],
-                          "next_cursor": str(items[-1].seq) if more else None})
+    return json_response(await schema.numbered_page(
+        q, lambda n, after: gateway.store.list_events(where, limit=n, after=after),
+        lambda event: event.seq))
 
 
 async def redeliver_event(request: web.Request) -> web.Response:

@@ -5,7 +5,7 @@ parsed into typed ones. Everything a client can get wrong is 400 ``invalid_reque
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -122,3 +122,22 @@ def rate_limit(value: Mapping[str, Any] | None) -> RateLimit | None:
     if value is None:
         return None
     return RateLimit(rps=value["rps"], burst=value["burst"])
+
+
+_SEQ_CURSOR = re.compile(r"[0-9]{1,18}", re.ASCII)
+
+
+async def numbered_page(query: dict[str, str],
+                        fetch: Callable[[int, int | None], Awaitable[Sequence[Any]]],
+                        position: Callable[[Any], int]) -> dict[str, Any]:
+    """One page of a listing ordered by a sequence number (audit, events): ``limit``
+    and ``cursor`` from ``query``; ``next_cursor`` is the page's last number, or null."""
+    cursor = query.get("cursor")
+    if cursor is not None and _SEQ_CURSOR.fullmatch(cursor) is None:
+        raise GatewayError("invalid_request", "malformed cursor")
+    size = limit(query.get("limit"))
+    items = list(await fetch(size + 1, int(cursor) if cursor else None))
+    more = len(items) > size
+    items = items[:size]
+    return {"items": [item.to_api() for item in items],
+            "next_cursor": str(position(items[-1])) if more else None}

@@ -5,14 +5,13 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from gateway.cli.common import Context, rfc3339_arg
+from gateway.cli.common import Context, collect, rfc3339_arg
 from gateway.cli.output import print_json, print_table
 from gateway.keys.record import AuditEntry, rfc3339
 from gateway.store import AuditFilter
 
 __all__ = ["add_parsers"]
 
-PAGE = 1000
 
 
 def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -33,15 +32,9 @@ async def _list(ctx: Context) -> int:
     a = ctx.args
     where = AuditFilter(key_id=a.key_id, actor=a.actor, action=a.audit_action,
                         since=a.since, until=a.until)
-    entries: list[AuditEntry] = []
-    after = None
-    while a.limit is None or len(entries) < a.limit:
-        want = PAGE if a.limit is None else min(PAGE, a.limit - len(entries))
-        page = await ctx.store.find_audit(where, limit=want, after=after)
-        entries += page
-        if len(page) < want:
-            break
-        after = page[-1].id
+    entries: list[AuditEntry] = await collect(
+        lambda n, after: ctx.store.find_audit(where, limit=n, after=after),
+        lambda entry: entry.id, a.limit)
     if ctx.json:
         print_json({"items": [e.to_api() for e in entries], "next_cursor": None})
         return 0

@@ -5,15 +5,20 @@ from __future__ import annotations
 import argparse
 import getpass
 import os
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from gateway.config import Config, parse_duration
 from gateway.kek import Keyring
 from gateway.keys.lifecycle import Actor
 from gateway.store import Store
 
-__all__ = ["Context", "UsageError", "cli_actor", "duration", "rfc3339_arg"]
+T = TypeVar("T")
+PAGE = 1000  # rows per store call when a listing pages through everything
+
+__all__ = ["Context", "UsageError", "cli_actor", "collect", "duration", "rfc3339_arg"]
 
 
 class UsageError(ValueError):
@@ -66,3 +71,19 @@ class Context:
         if self.opened_store is None:  # pragma: no cover - set for every command that reads it
             raise RuntimeError("this command opened no store")
         return self.opened_store
+
+
+async def collect(fetch: Callable[[int, int | None], Awaitable[Sequence[T]]],
+                  position: Callable[[T], int], limit: int | None) -> list[T]:
+    """Up to ``limit`` rows (all of them when ``None``) of a listing ordered by a
+    sequence number, fetched a page at a time: ``fetch(n, after)``."""
+    rows: list[T] = []
+    after = None
+    while limit is None or len(rows) < limit:
+        want = PAGE if limit is None else min(PAGE, limit - len(rows))
+        page = await fetch(want, after)
+        rows += page
+        if len(page) < want:
+            break
+        after = position(page[-1])
+    return rows

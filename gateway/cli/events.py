@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from gateway.cli.common import Context, UsageError, rfc3339_arg
+from gateway.cli.common import Context, UsageError, collect, rfc3339_arg
 from gateway.cli.output import print_fields, print_json, print_table
 from gateway.events.manage import redeliver
 from gateway.events.model import (
@@ -19,7 +19,6 @@ from gateway.keys.record import rfc3339
 
 __all__ = ["add_parsers"]
 
-PAGE = 1000
 
 
 def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -50,15 +49,9 @@ def _row(e: StoredEvent) -> tuple[Any, ...]:
 async def _list(ctx: Context) -> int:
     a = ctx.args
     where = EventFilter(type=a.type, target=a.key_id, status=a.status, since=a.since)
-    found: list[StoredEvent] = []
-    after = None
-    while a.limit is None or len(found) < a.limit:
-        want = PAGE if a.limit is None else min(PAGE, a.limit - len(found))
-        page = await ctx.store.list_events(where, limit=want, after=after)
-        found += page
-        if len(page) < want:
-            break
-        after = page[-1].seq
+    found: list[StoredEvent] = await collect(
+        lambda n, after: ctx.store.list_events(where, limit=n, after=after),
+        lambda event: event.seq, a.limit)
     if ctx.json:
         print_json({"items": [e.to_api() for e in found], "next_cursor": None})
         return 0
