@@ -197,7 +197,9 @@ class Generator:
                         task.add_done_callback(tasks.discard)
                     else:
                         self.queue.append(due)
-                await asyncio.sleep(min(0.001, max(0.0, start + k * interval - now)))
+                # libuv timers tick in milliseconds: a shorter sleep returns at once and
+                # the generator would spin a core away from the target it measures
+                await asyncio.sleep(0.001)
         self.stopping = True
         elapsed = time.perf_counter() - start
         # in-flight answers may still arrive: wait briefly, then count the rest as lost
