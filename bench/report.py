@@ -72,9 +72,11 @@ def table(result: dict[str, Any]) -> str:
         if "--workers" in name and len(per) > 1:
             lines.append(f"  {name}: CPU µs/req by process (workers first, then the master): "
                          + " + ".join(f"{v:.1f}" for v in per))
-    sweep = [(ld["label"], r) for ld in result["loads"] if ld["runs"] for r in ld["open"]]
+    sweep = [(ld["label"], r) for ld in result["loads"] if ld["runs"]
+             for r in ld["open_medians"]]
     if sweep:
-        lines.append("open loop (fixed arrival rate):")
+        lines.append(f"open loop (fixed arrival rate; medians of {sweep[0][1]['rounds']} "
+                     "interleaved rounds):")
         for label, r in sweep:
             lat = r["latency_us"]
             lines.append(f"  {label:<{width}} {r['offered_rps']:>7,.0f} req/s offered  "
@@ -104,18 +106,20 @@ def plot(results: list[dict[str, Any]], path: Path) -> Path | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    sweeps = [r for r in results if any(ld["open"] and ld["runs"] for ld in r["loads"])]
+    sweeps = [r for r in results if any(ld["open_medians"] and ld["runs"]
+                                        for ld in r["loads"])]
     if not sweeps:
         return None
     pcts = ("p50", "p99", "p99.9")
     fig, axes = plt.subplots(len(sweeps), len(pcts), figsize=(15, 4.2 * len(sweeps)),
                              squeeze=False)
     for row, result in zip(axes, sweeps):
-        loads = [ld for ld in result["loads"] if ld["open"] and ld["runs"]]
+        loads = [ld for ld in result["loads"] if ld["open_medians"] and ld["runs"]]
         for ax, pct in zip(row, pcts):
             for n, load in enumerate(loads):
-                ax.plot([r["offered_rps"] for r in load["open"]],
-                        [r["latency_us"][pct] / 1000 for r in load["open"]], marker="o",
+                ax.plot([r["offered_rps"] for r in load["open_medians"]],
+                        [r["latency_us"][pct] / 1000 for r in load["open_medians"]],
+                        marker="o",
                         color=f"C{n}", label=load["label"])
             ax.set_yscale("log")
             ax.set_xlabel("offered load (requests/s, open loop)")

@@ -210,15 +210,20 @@ class Runner:
                     f"p99 {r['latency_us']['p99'] / 1000:.2f} ms")
 
     def sweep(self, bare_max: float) -> None:
-        for fraction in self.s.open_loop:
-            rate = round(fraction * bare_max)
-            for load in self.loads:
-                r = self.measure(load, duration=self.st.open_duration, rate=rate)
-                r["fraction_of_bare_max"] = fraction
-                load.open.append(r)
-                lat = r["latency_us"]
-                log(f"open loop {rate:>6,} req/s {load.label:<22} p50 {lat['p50'] / 1000:.2f} "
-                    f"p99 {lat['p99'] / 1000:.2f} p99.9 {lat['p99.9'] / 1000:.2f} ms")
+        """Open loop at fractions of the bare proxy's maximum, in interleaved rounds like
+        the closed loop: one 4-second point is at the mercy of whatever else the machine
+        did in those seconds."""
+        for i in range(self.st.rounds):
+            for fraction in self.s.open_loop:
+                rate = round(fraction * bare_max)
+                for load in self.loads:
+                    r = self.measure(load, duration=self.st.open_duration, rate=rate)
+                    r["fraction_of_bare_max"] = fraction
+                    load.open.append(r)
+                    lat = r["latency_us"]
+                    log(f"round {i + 1}/{self.st.rounds} open loop {rate:>6,} req/s "
+                        f"{load.label:<22} p50 {lat['p50'] / 1000:.2f} "
+                        f"p99 {lat['p99'] / 1000:.2f} p99.9 {lat['p99.9'] / 1000:.2f} ms")
 
     def cold(self) -> None:
         """Every request a key no cache holds, at a modest fixed rate; the hot key beside."""
@@ -315,18 +320,34 @@ def run_scenario(scenario: Scenario, settings: Settings) -> dict[str, Any]:
         "access_log_check": checks, "notes": runner.notes,
         "gateway_config": gateway.get("config"), "gateway_src": gateway.get("src"),
         "gateway_commit": gateway.get("commit"),
-        "loads": [{"label": ld.label, "warm": ld.warm, "runs": ld.runs, "open": ld.open}
-                  for ld in runner.loads],
+        "loads": [{"label": ld.label, "warm": ld.warm, "runs": ld.runs, "open": ld.open,
+                   "open_medians": open_medians(ld)} for ld in runner.loads],
     }
 
 
+def open_medians(load: Load) -> list[dict[str, Any]]:
+    """One point per offered load of the sweep: medians over its rounds."""
+    points = []
+    for fraction in dict.fromkeys(r["fraction_of_bare_max"] for r in load.open
+                                  if "fraction_of_bare_max" in r):
+        runs = [r for r in load.open if r.get("fraction_of_bare_max") == fraction]
+        points.append({
+            "fraction_of_bare_max": fraction, "offered_rps": runs[0]["offered_rps"],
+            "rounds": len(runs), "rps": _median([r["rps"] for r in runs]),
+            "cpu_us_per_req": _median([r["cpu_us_per_req"] for r in runs]),
+            "latency_us": {p: _median([r["latency_us"][p] for r in runs])
+                           for p in ("p50", "p90", "p99", "p99.9")}})
+    return points
+
+
 def latency_added(loads: list[Load]) -> list[dict[str, Any]]:
-    """p99 added by the gateway over the bare proxy at 50 % of the bare proxy's max."""
+    """p99 added by the gateway over the bare proxy at 50 % of the bare proxy's max
+    (medians over the rounds)."""
     by = {ld.label: ld for ld in loads}
     if "gateway" not in by or "bare" not in by:
         return []
-    for g, b in zip(by["gateway"].open, by["bare"].open):
-        if b.get("fraction_of_bare_max") == 0.5:
+    for g, b in zip(open_medians(by["gateway"]), open_medians(by["bare"])):
+        if b["fraction_of_bare_max"] == 0.5:
             added = (g["latency_us"]["p99"] - b["latency_us"]["p99"]) / 1000
             return [{"target": "p99 added by the gateway over the bare proxy at 50 % of its "
                      "max throughput ≤ 1 ms (open loop, ms)", "value": round(added, 3),

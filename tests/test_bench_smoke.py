@@ -38,6 +38,10 @@ def test_smoke_scenario_reports_every_request(tmp_path: Path) -> None:
     assert any("load generator" in n for n in names)
     runs = [r for load in result["loads"] for r in load["warm"] + load["runs"] + load["open"]]
     assert {r["mode"] for r in runs} == {"closed", "open"}
+    for load in result["loads"]:  # the sweep's point, summarised over its rounds
+        (point,) = load["open_medians"]
+        assert point["fraction_of_bare_max"] == 0.25 and point["rounds"] == 1
+        assert point["latency_us"]["p99"] == load["open"][0]["latency_us"]["p99"]
     for r in runs:  # every request sent was answered, with a 2xx, and none was sent twice
         acc = r["accounting"]
         assert acc["ok"], (r["target"], acc)
