@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import hmac
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -18,8 +17,8 @@ from ..errors import SignatureError
 
 __all__ = ["Body", "Derived", "Policy", "Request", "Verified", "utf8"]
 
-# a secret's keyed HMACs, per (date, region, service): SigV4's derived signing keys
-Derived = dict[tuple[str, str, str], hmac.HMAC]
+# a secret's SigV4 signing keys, per (date, region, service)
+Derived = dict[tuple[str, str, str], bytes]
 
 
 def utf8(text: str) -> bytes:

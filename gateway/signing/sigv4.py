@@ -118,12 +118,6 @@ def signing_key(secret: bytes, date: str, region: str, service: str) -> bytes:
     return hmac.new(k, TERMINATOR.encode(), hashlib.sha256).digest()
 
 
-@lru_cache(maxsize=4096)
-def _mac(secret: bytes, date: str, region: str, service: str) -> hmac.HMAC:
-    # keyed once; each request copies it (cheaper than re-keying)
-    return hmac.new(signing_key(secret, date, region, service), digestmod=hashlib.sha256)
-
-
 @lru_cache(maxsize=256)  # every request of one second carries the same value
 def _parse_amz_date(text: str) -> int:
     # YYYYMMDDTHHMMSSZ, by slicing (never strptime: DESIGN §7)
@@ -184,18 +178,19 @@ class SigV4Auth:
 
     def verify(self, secret: bytes, body: Body, derived: Derived | None = None) -> Verified:
         """Check the MAC with ``secret`` and the body against what was signed.
-        ``derived``: the caller's memo of this secret's keyed HMACs, per (date, region,
+        ``derived``: the caller's memo of this secret's signing keys, per (date, region,
         service) — a key cache keeps one per key, so that however many keys are in use,
-        each derives its signing key once a day instead of thrashing a shared LRU."""
+        each derives its signing key once a day instead of thrashing a shared LRU. It
+        holds bytes, not keyed HMAC objects: a dict of bytes is invisible to the cyclic
+        garbage collector, which would otherwise walk two more objects per cached key."""
         scope = (self.amz_date[:8], self.region, self.service)
-        keyed = None if derived is None else derived.get(scope)
-        if keyed is None:
-            keyed = _mac(secret, *scope)
+        key = None if derived is None else derived.get(scope)
+        if key is None:
+            key = signing_key(secret, *scope)
             if derived is not None:
-                derived[scope] = keyed
-        expected = keyed.copy()
-        expected.update(self.string_to_sign(body).encode("ascii"))
-        if not hmac.compare_digest(expected.hexdigest().encode("ascii"),
+                derived[scope] = key
+        expected = hmac.digest(key, self.string_to_sign(body).encode("ascii"), "sha256")
+        if not hmac.compare_digest(expected.hex().encode("ascii"),
                                    self.signature.encode("ascii")):
             raise SignatureError("signature_invalid", "the signature does not match the request")
         declared = self.declared_payload
