@@ -242,6 +242,29 @@ async def test_one_store_read_for_1000_concurrent_first_requests(tmp_path: Path)
         await store.close()
 
 
+async def test_made_up_key_ids_do_not_push_real_keys_out_of_the_cache(tmp_path: Path) -> None:
+    """Negative entries have a bound of their own: someone sending requests under
+    thousands of invented key IDs must not turn every real key's next request into a
+    store read."""
+    store = await CountingStore.open(str(tmp_path / "keys.db"))
+    try:
+        issued, cache = await one_key_and_a_cache(store)  # max_entries=100
+        key_id = issued.record.key_id
+        assert await cache.get(key_id) is not None
+        for i in range(1000):
+            assert await cache.get(f"gwk_madeup{i:021d}") is None
+        CountingStore.reads = 0
+        assert await cache.get(key_id) is not None
+        assert CountingStore.reads == 0  # still cached
+        assert len(cache) == 1 + 100  # the real key, and the newest 100 unknown IDs
+        assert await cache.get("gwk_madeup000000000000000000999") is None
+        assert CountingStore.reads == 0  # the newest unknown ID is still cached...
+        assert await cache.get("gwk_madeup000000000000000000000") is None
+        assert CountingStore.reads == 1  # ...the oldest was let go
+    finally:
+        await store.close()
+
+
 # -- a Redis outage --------------------------------------------------------------------------
 
 class PrivateRedis:

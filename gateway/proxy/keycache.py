@@ -1,11 +1,16 @@
 """Per-process cache of verified key material (DESIGN §3 "cache", §3.2).
 
 One store read serves many requests: entries live ``ttl`` seconds, unknown key IDs
-are cached negatively for ``negative_ttl``, concurrent misses for one key ID share
+are cached negatively for ``negative_ttl`` (in a map of their own, so that a flood of
+made-up key IDs cannot push real keys out), concurrent misses for one key ID share
 one store read (single flight), and when the store is unreachable an entry may be
 served up to ``serve_stale`` past its TTL. Lifecycle changes reach every worker
 through the store's ``key_changes`` log, polled every ``change_poll`` seconds.
 The plaintext secret exists only here, in memory.
+
+Each cached key costs the cyclic garbage collector three tracked objects (the entry,
+its record and the record's wrapped secret): a full collection walks all of them, so
+with 100,000 keys in use every object per key is milliseconds of pause.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from redis.exceptions import RedisError
 
@@ -37,13 +42,16 @@ _NEVER = float("inf")
 
 class KeyEntry:
     """A cached key: the record, its HMAC key, and its deadlines as epoch seconds
-    (computed once per load, so the hot path compares floats, not datetimes)."""
+    (computed once per load, so the hot path compares floats, not datetimes);
+    ``loaded``: when it was read, on the cache's clock."""
 
     __slots__ = ("record", "secret", "revoked_at", "expires_at", "inactive_at", "deadline",
-                 "sources", "derived")
+                 "sources", "derived", "loaded")
 
-    def __init__(self, record: KeyRecord, secret: bytes, inactivity: float) -> None:
+    def __init__(self, record: KeyRecord, secret: bytes, inactivity: float,
+                 loaded: float) -> None:
         self.record = record
+        self.loaded = loaded
         self.secret = secret  # the HMAC key: ASCII bytes of the secret
         self.revoked_at = record.revoked_at.timestamp() if record.revoked_at else _NEVER
         self.expires_at = record.expires_at.timestamp() if record.expires_at else _NEVER
@@ -102,8 +110,8 @@ class KeyCache:
         self._clock = clock
         self._inactivity = inactivity
         self._shared = shared
-        # key_id -> (entry or None for "unknown", loaded at)
-        self._entries: dict[str, tuple[KeyEntry | None, float]] = {}
+        self._entries: dict[str, KeyEntry] = {}
+        self._unknown: dict[str, float] = {}  # key IDs the store does not have -> loaded at
         self._inflight: dict[str, asyncio.Future[KeyEntry | None]] = {}
         self._seen_seq: int | None = None  # None until the first poll
         # a load that began before its key was dropped (or everything was) must not cache
@@ -115,21 +123,24 @@ class KeyCache:
         self.stats = CacheStats()
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._entries) + len(self._unknown)
 
     def __contains__(self, key_id: str) -> bool:
-        return key_id in self._entries
+        return key_id in self._entries or key_id in self._unknown
 
     def fresh(self, key_id: str) -> KeyEntry | None | Literal[False]:
         """The cached answer for ``key_id`` without awaiting anything (the hot path),
         or ``False`` when only :meth:`get` can tell."""
-        cached = self._entries.get(key_id)
-        if cached is not None:
-            entry, loaded = cached
-            if self._clock() - loaded < (self._positive_ttl() if entry is not None
-                                         else self._negative_ttl):
+        entry = self._entries.get(key_id)
+        if entry is not None:
+            if self._clock() - entry.loaded < self._positive_ttl():
                 self.stats.hits += 1
                 return entry
+        else:
+            loaded = self._unknown.get(key_id)
+            if loaded is not None and self._clock() - loaded < self._negative_ttl:
+                self.stats.hits += 1
+                return None
         return False
 
     async def get(self, key_id: str) -> KeyEntry | None:
@@ -137,7 +148,7 @@ class KeyCache:
         entry = self.fresh(key_id)
         if entry is not False:
             return entry
-        cached = self._entries.get(key_id)
+        cached = self._entries.get(key_id)  # an expired entry may still serve as stale
         now = self._clock()
         self.stats.misses += 1
         task = self._inflight.get(key_id)
@@ -154,8 +165,8 @@ class KeyCache:
             return min(self._ttl, 1.0)
         return self._ttl
 
-    async def _load(self, key_id: str, cached: tuple[KeyEntry | None, float] | None,
-                    now: float) -> KeyEntry | None:
+    async def _load(self, key_id: str, cached: KeyEntry | None, now: float
+                    ) -> KeyEntry | None:
         generation = self._drops
         if self._shared is not None and self._shared.healthy:
             try:
@@ -174,16 +185,16 @@ class KeyCache:
                                           else self._negative_ttl)
         return self._entry(key_id, record, generation)
 
-    async def _read_store(self, key_id: str, cached: tuple[KeyEntry | None, float] | None,
-                          now: float) -> KeyRecord | None | _Stale:
+    async def _read_store(self, key_id: str, cached: KeyEntry | None, now: float
+                          ) -> KeyRecord | None | _Stale:
         self.stats.store_reads += 1
         try:
             return await self._store.get_key(key_id)
         except StoreError:
             self.stats.store_errors += 1
-            if cached is not None and now - cached[1] < self._ttl + self._serve_stale:
+            if cached is not None and now - cached.loaded < self._ttl + self._serve_stale:
                 self.stats.stale_served += 1
-                return _Stale(cached[0])
+                return _Stale(cached)
             raise
 
     def _entry(self, key_id: str, record: KeyRecord | None, generation: int
@@ -195,16 +206,15 @@ class KeyCache:
             except KekError as exc:  # an operator problem: say so in the log, not to the client
                 log.error("cannot unwrap key material: %s", exc)
                 raise GatewayError("store_unavailable", "key material is unavailable") from None
-            entry = KeyEntry(record, secret, self._inactivity)
+            entry = KeyEntry(record, secret, self._inactivity, self._clock())
         if self._unchanged(key_id, generation):  # else a change came while we read: don't keep
-            self._put(key_id, entry, self._clock())
+            self._entries.pop(key_id, None)
+            self._unknown.pop(key_id, None)
+            if entry is not None:
+                _bounded_put(self._entries, key_id, entry, self._max_entries)
+            else:
+                _bounded_put(self._unknown, key_id, self._clock(), self._max_entries)
         return entry
-
-    def _put(self, key_id: str, entry: KeyEntry | None, at: float) -> None:
-        self._entries.pop(key_id, None)
-        while len(self._entries) >= self._max_entries:  # oldest first (insertion order)
-            del self._entries[next(iter(self._entries))]
-        self._entries[key_id] = (entry, at)
 
     def _unchanged(self, key_id: str, since: int) -> bool:
         return self._cleared_at <= since and self._dropped_at.get(key_id, 0) <= since
@@ -215,6 +225,7 @@ class KeyCache:
             self._dropped_at.clear()
         for key_id in key_ids:
             self._entries.pop(key_id, None)
+            self._unknown.pop(key_id, None)
             self._dropped_at[key_id] = self._drops
 
     def clear(self) -> None:
@@ -222,6 +233,7 @@ class KeyCache:
         self._cleared_at = self._drops
         self._dropped_at.clear()
         self._entries.clear()
+        self._unknown.clear()
 
     async def poll_changes(self) -> int:
         """Drop every key changed since the last poll; the number of changes seen."""
@@ -256,3 +268,9 @@ class KeyCache:
             else:
                 self.store_ok = True
             await asyncio.sleep(interval)
+
+
+def _bounded_put(entries: dict[str, Any], key_id: str, value: Any, limit: int) -> None:
+    while len(entries) >= limit:  # oldest first (insertion order)
+        del entries[next(iter(entries))]
+    entries[key_id] = value
