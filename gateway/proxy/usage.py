@@ -20,6 +20,7 @@ log = logging.getLogger("gateway.usage")
 
 # (key_id, minute as epoch seconds, route prefix, status, client address)
 CountKey = tuple[str, int, str, int, str]
+CHUNK = 5000  # keys per store call of a flush
 
 
 class UsageRecorder:
@@ -38,27 +39,39 @@ class UsageRecorder:
         self._counts[key] = self._counts.get(key, 0) + 1
 
     async def flush(self) -> None:
-        if self._last_used:
-            pending, self._last_used = self._last_used, {}
+        """Write what was gathered, ``CHUNK`` keys per store call: what the store is
+        handed is built in the event loop, and with 100,000 keys in use one call would
+        hold it for a quarter of a second. A chunk that fails is kept, with every
+        chunk after it, for the next flush."""
+        uses = list(self._last_used.items())
+        self._last_used = {}
+        for i in range(0, len(uses), CHUNK):
             try:
                 await self._store.touch_last_used(
-                    {k: datetime.fromtimestamp(t, UTC) for k, t in pending.items()})
-            except StoreError as exc:  # keep them for the next flush
+                    {k: datetime.fromtimestamp(t, UTC) for k, t in uses[i:i + CHUNK]})
+            except StoreError as exc:
                 self.flush_errors += 1
                 log.warning("usage flush failed: %s", exc)
-                for key_id, t in pending.items():
+                for key_id, t in uses[i:]:
                     self._last_used[key_id] = max(t, self._last_used.get(key_id, 0.0))
-        if self._counts:
-            counts, self._counts = self._counts, {}
+                break
+        counts = list(self._counts.items())
+        self._counts = {}
+        minutes: dict[int, datetime] = {}
+        for i in range(0, len(counts), CHUNK):
+            part = counts[i:i + CHUNK]
+            for (_, m, _, _, _), _ in part:
+                if m not in minutes:
+                    minutes[m] = datetime.fromtimestamp(m, UTC)
             try:
-                await self._store.add_usage([
-                    UsageCount(k, datetime.fromtimestamp(m, UTC), r, s, src, n)
-                    for (k, m, r, s, src), n in counts.items()])
+                await self._store.add_usage([UsageCount(k, minutes[m], r, s, src, n)
+                                             for (k, m, r, s, src), n in part])
             except StoreError as exc:
                 self.flush_errors += 1
                 log.warning("usage counts flush failed: %s", exc)
-                for key, n in counts.items():
+                for key, n in counts[i:]:
                     self._counts[key] = self._counts.get(key, 0) + n
+                break
 
     async def run(self, interval: float) -> None:
         try:

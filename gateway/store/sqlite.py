@@ -310,11 +310,17 @@ class SQLiteStore(Store):
                            outcome=r[7], details=orjson.loads(r[8])) for r in rows]
 
     async def add_usage(self, counts: Sequence[UsageCount]) -> None:
-        rows = [(u.key_id, _t(u.minute), u.route, u.status, u.source, u.count) for u in counts]
-        await self._locked(lambda c: _in_transaction(c, lambda c: c.executemany(
-            "INSERT INTO key_usage (key_id, minute, route, status, source, count) "
-            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (key_id, minute, route, status, source) "
-            "DO UPDATE SET count = count + excluded.count", rows)))
+        def run(c: sqlite3.Connection) -> None:
+            # rows are built here, in the store's thread, not in the event loop; a
+            # flush carries a handful of distinct minutes, each formatted once
+            minutes = {m: _t(m) for m in {u.minute for u in counts}}
+            c.executemany(
+                "INSERT INTO key_usage (key_id, minute, route, status, source, count) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (key_id, minute, route, status, source) "
+                "DO UPDATE SET count = count + excluded.count",
+                [(u.key_id, minutes[u.minute], u.route, u.status, u.source, u.count)
+                 for u in counts])
+        await self._locked(lambda c: _in_transaction(c, run))
 
     async def activity(self, key_id: str, since: datetime) -> Activity:
         start = _t(since.replace(second=0, microsecond=0))
@@ -356,11 +362,11 @@ class SQLiteStore(Store):
         return [KeyChange(r[0], r[1], r[2], datetime.fromisoformat(r[3])) for r in rows]
 
     async def touch_last_used(self, uses: Mapping[str, datetime]) -> None:
-        rows = [(_t(at), k, _t(at)) for k, at in uses.items()]
-
-        await self._locked(lambda c: _in_transaction(c, lambda c: c.executemany(
-            "UPDATE keys SET last_used_at = ? WHERE key_id = ? AND "
-            "(last_used_at IS NULL OR last_used_at < ?)", rows)))
+        def run(c: sqlite3.Connection) -> None:  # rows built in the store's thread
+            c.executemany("UPDATE keys SET last_used_at = ?1 WHERE key_id = ?2 AND "
+                          "(last_used_at IS NULL OR last_used_at < ?1)",
+                          [(_t(at), k) for k, at in uses.items()])
+        await self._locked(lambda c: _in_transaction(c, run))
 
     async def count_by_kek_version(self) -> dict[int, int]:
         rows = await self._locked(lambda c: c.execute(
