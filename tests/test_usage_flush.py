@@ -1,9 +1,10 @@
-"""Usage is flushed to the store in chunks (so a flush over 100,000 keys never holds the
-event loop for long), and a chunk the store refuses is kept, with every chunk after
-it, for the next flush: nothing is lost and nothing is counted twice."""
+"""The usage flush (last use and request counts): a write the store refuses is kept
+for the next flush, and uses recorded while a flush is under way (it yields to the
+event loop as it goes) wait for the next one: nothing is lost, nothing counted twice."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -18,55 +19,67 @@ from gateway.store import StoreError
 from gateway.store.sqlite import SQLiteStore
 
 
-class RefusesOnce(SQLiteStore):
-    """A real SQLite store whose ``fail_call``-th write of each kind is refused."""
+class RefusesFirst(SQLiteStore):
+    """A real SQLite store whose first write of each kind is refused."""
 
-    fail_call = 2
     calls: dict[str, int]
 
     async def touch_last_used(self, uses):  # type: ignore[no-untyped-def]
         self.calls["touch"] += 1
-        if self.calls["touch"] == self.fail_call:
+        if self.calls["touch"] == 1:
             raise StoreError("the store went away")
         await super().touch_last_used(uses)
 
     async def add_usage(self, counts):  # type: ignore[no-untyped-def]
         self.calls["usage"] += 1
-        if self.calls["usage"] == self.fail_call:
+        if self.calls["usage"] == 1:
             raise StoreError("the store went away")
         await super().add_usage(counts)
 
 
-async def test_a_refused_chunk_and_those_after_it_wait_for_the_next_flush(
+async def test_refused_and_concurrent_uses_reach_the_store_once(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(usage, "CHUNK", 2)
-    store = await RefusesOnce.open(str(tmp_path / "keys.db"))
+    monkeypatch.setattr(usage, "CHUNK", 2)  # yield to the loop every 2 keys
+    store = await RefusesFirst.open(str(tmp_path / "keys.db"))
     store.calls = {"touch": 0, "usage": 0}
     try:
         manager = KeyManager(store, Keyring.generate(datetime.now(UTC)),
                              load_config(None, env={}).policy)
         now = datetime.now(UTC).replace(microsecond=0)
         ids = [(await manager.create(NewKey(principal=f"p{i}"), actor=Actor("cli:t"),
-                                     now=now)).record.key_id for i in range(5)]
+                                     now=now)).record.key_id for i in range(6)]
         recorder = UsageRecorder(store)
         used = now + timedelta(minutes=3)
-        for key_id in ids:  # 5 keys: chunks of 2, 2 and 1; the second one is refused
+        since = used - timedelta(minutes=1)
+
+        def use(key_id: str) -> None:
             recorder.record(key_id, used.timestamp())
             for _ in range(3):
                 recorder.count(key_id, "/api/", 200, "10.0.0.1", used.timestamp())
-        await recorder.flush()
-        assert recorder.flush_errors == 2  # one for last use, one for the counts
-        seen = [(await store.get_key(k)).last_used_at for k in ids]  # type: ignore[union-attr]
-        assert seen == [used, used, None, None, None]
-        since = used - timedelta(minutes=1)
-        assert [(await store.activity(k, since)).sources for k in ids] == \
-            [[("10.0.0.1", 3)]] * 2 + [[]] * 3
 
-        await recorder.flush()  # the store answers again: the rest goes in, once
-        seen = [(await store.get_key(k)).last_used_at for k in ids]  # type: ignore[union-attr]
-        assert seen == [used] * 5
-        assert [(await store.activity(k, since)).sources for k in ids] == [[("10.0.0.1", 3)]] * 5
-        await recorder.flush()  # nothing left over to write twice
-        assert [(await store.activity(k, since)).sources for k in ids] == [[("10.0.0.1", 3)]] * 5
+        async def stored() -> tuple[list[datetime | None], list[int]]:
+            records = [await store.get_key(k) for k in ids]
+            return ([r.last_used_at if r else None for r in records],
+                    [(await store.activity(k, since)).total for k in ids])
+
+        for key_id in ids[:5]:
+            use(key_id)
+        await recorder.flush()  # refused: both aggregates are kept
+        assert recorder.flush_errors == 2
+        assert await stored() == ([None] * 6, [0] * 6)
+
+        flushing = asyncio.ensure_future(recorder.flush())
+        await asyncio.sleep(0)  # the flush has converted two keys and yielded
+        assert not flushing.done()
+        use(ids[5])  # a request answered meanwhile
+        await flushing
+        # its last use came after that aggregate was taken: it waits for the next flush
+        # (its counts were taken later, and went with this one)
+        assert await stored() == ([used] * 5 + [None], [3] * 6)
+
+        await recorder.flush()  # the last use that came during the flush, and only it
+        assert await stored() == ([used] * 6, [3] * 6)
+        await recorder.flush()
+        assert await stored() == ([used] * 6, [3] * 6)
     finally:
         await store.close()

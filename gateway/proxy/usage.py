@@ -20,7 +20,7 @@ log = logging.getLogger("gateway.usage")
 
 # (key_id, minute as epoch seconds, route prefix, status, client address)
 CountKey = tuple[str, int, str, int, str]
-CHUNK = 5000  # keys per store call of a flush
+CHUNK = 2000  # keys converted between two yields to the event loop
 
 
 class UsageRecorder:
@@ -39,39 +39,43 @@ class UsageRecorder:
         self._counts[key] = self._counts.get(key, 0) + 1
 
     async def flush(self) -> None:
-        """Write what was gathered, ``CHUNK`` keys per store call: what the store is
-        handed is built in the event loop, and with 100,000 keys in use one call would
-        hold it for a quarter of a second. A chunk that fails is kept, with every
-        chunk after it, for the next flush."""
-        uses = list(self._last_used.items())
-        self._last_used = {}
-        for i in range(0, len(uses), CHUNK):
+        """Write what was gathered, each aggregate in one store call (one transaction:
+        cheaper than several). Building what the store is handed runs in the event
+        loop, so it yields every ``CHUNK`` keys: with 100,000 keys in use it would
+        otherwise hold the loop for a quarter of a second. A failed write is kept for
+        the next flush."""
+        if self._last_used:
+            pending, self._last_used = self._last_used, {}
+            uses: dict[str, datetime] = {}
+            for n, (key_id, t) in enumerate(pending.items(), 1):
+                uses[key_id] = datetime.fromtimestamp(t, UTC)
+                if n % CHUNK == 0:
+                    await asyncio.sleep(0)
             try:
-                await self._store.touch_last_used(
-                    {k: datetime.fromtimestamp(t, UTC) for k, t in uses[i:i + CHUNK]})
-            except StoreError as exc:
+                await self._store.touch_last_used(uses)
+            except StoreError as exc:  # keep them for the next flush
                 self.flush_errors += 1
                 log.warning("usage flush failed: %s", exc)
-                for key_id, t in uses[i:]:
+                for key_id, t in pending.items():
                     self._last_used[key_id] = max(t, self._last_used.get(key_id, 0.0))
-                break
-        counts = list(self._counts.items())
-        self._counts = {}
-        minutes: dict[int, datetime] = {}
-        for i in range(0, len(counts), CHUNK):
-            part = counts[i:i + CHUNK]
-            for (_, m, _, _, _), _ in part:
-                if m not in minutes:
-                    minutes[m] = datetime.fromtimestamp(m, UTC)
+        if self._counts:
+            counts, self._counts = self._counts, {}
+            minutes: dict[int, datetime] = {}  # a flush spans a handful of minutes
+            rows: list[UsageCount] = []
+            for n, ((key_id, m, route, status, source), count) in enumerate(counts.items(), 1):
+                minute = minutes.get(m)
+                if minute is None:
+                    minute = minutes[m] = datetime.fromtimestamp(m, UTC)
+                rows.append(UsageCount(key_id, minute, route, status, source, count))
+                if n % CHUNK == 0:
+                    await asyncio.sleep(0)
             try:
-                await self._store.add_usage([UsageCount(k, minutes[m], r, s, src, n)
-                                             for (k, m, r, s, src), n in part])
+                await self._store.add_usage(rows)
             except StoreError as exc:
                 self.flush_errors += 1
                 log.warning("usage counts flush failed: %s", exc)
-                for key, n in counts[i:]:
-                    self._counts[key] = self._counts.get(key, 0) + n
-                break
+                for key, count in counts.items():
+                    self._counts[key] = self._counts.get(key, 0) + count
 
     async def run(self, interval: float) -> None:
         try:

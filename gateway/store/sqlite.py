@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -311,15 +312,16 @@ class SQLiteStore(Store):
 
     async def add_usage(self, counts: Sequence[UsageCount]) -> None:
         def run(c: sqlite3.Connection) -> None:
-            # rows are built here, in the store's thread, not in the event loop; a
-            # flush carries a handful of distinct minutes, each formatted once
+            # rows are built here, in the store's thread, not in the event loop, and
+            # written in index order (half the work of a random order); a flush
+            # carries a handful of distinct minutes, each formatted once
             minutes = {m: _t(m) for m in {u.minute for u in counts}}
             c.executemany(
                 "INSERT INTO key_usage (key_id, minute, route, status, source, count) "
                 "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (key_id, minute, route, status, source) "
                 "DO UPDATE SET count = count + excluded.count",
-                [(u.key_id, minutes[u.minute], u.route, u.status, u.source, u.count)
-                 for u in counts])
+                sorted(((u.key_id, minutes[u.minute], u.route, u.status, u.source, u.count)
+                        for u in counts), key=itemgetter(0)))
         await self._locked(lambda c: _in_transaction(c, run))
 
     async def activity(self, key_id: str, since: datetime) -> Activity:
@@ -363,9 +365,10 @@ class SQLiteStore(Store):
 
     async def touch_last_used(self, uses: Mapping[str, datetime]) -> None:
         def run(c: sqlite3.Connection) -> None:  # rows built in the store's thread
-            c.executemany("UPDATE keys SET last_used_at = ?1 WHERE key_id = ?2 AND "
-                          "(last_used_at IS NULL OR last_used_at < ?1)",
-                          [(_t(at), k) for k, at in uses.items()])
+            c.executemany("UPDATE keys SET last_used_at = ?2 WHERE key_id = ?1 AND "
+                          "(last_used_at IS NULL OR last_used_at < ?2)",
+                          sorted(((k, _t(at)) for k, at in uses.items()),  # in index order
+                                 key=itemgetter(0)))
         await self._locked(lambda c: _in_transaction(c, run))
 
     async def count_by_kek_version(self) -> dict[int, int]:
