@@ -1,6 +1,7 @@
 """The usage flush (last use and request counts): a write the store refuses is kept
-for the next flush, and uses recorded while a flush is under way (it yields to the
-event loop as it goes) wait for the next one: nothing is lost, nothing counted twice."""
+for the next flush, uses recorded while a flush is under way (it yields to the event
+loop as it goes) wait for the next one, and shutdown does not cut a flush short:
+nothing is lost, nothing counted twice."""
 
 from __future__ import annotations
 
@@ -52,10 +53,10 @@ async def test_refused_and_concurrent_uses_reach_the_store_once(
         used = now + timedelta(minutes=3)
         since = used - timedelta(minutes=1)
 
-        def use(key_id: str) -> None:
-            recorder.record(key_id, used.timestamp())
+        def use(key_id: str, at: datetime = used) -> None:
+            recorder.record(key_id, at.timestamp())
             for _ in range(3):
-                recorder.count(key_id, "/api/", 200, "10.0.0.1", used.timestamp())
+                recorder.count(key_id, "/api/", 200, "10.0.0.1", at.timestamp())
 
         async def stored() -> tuple[list[datetime | None], list[int]]:
             records = [await store.get_key(k) for k in ids]
@@ -81,5 +82,20 @@ async def test_refused_and_concurrent_uses_reach_the_store_once(
         assert await stored() == ([used] * 6, [3] * 6)
         await recorder.flush()
         assert await stored() == ([used] * 6, [3] * 6)
+
+        # shutdown cancels the recorder's task, maybe while it flushes (at any of the
+        # flush's yields to the loop, or while the store writes): the task's last flush
+        # still writes everything, once
+        for cut in range(1, 12):
+            later = used + timedelta(minutes=cut)
+            for key_id in ids:
+                use(key_id, later)
+            task = asyncio.ensure_future(recorder.run(0))
+            for _ in range(cut):
+                await asyncio.sleep(0)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert await stored() == ([later] * 6, [3 * (cut + 1)] * 6), cut
     finally:
         await store.close()

@@ -78,9 +78,17 @@ class UsageRecorder:
                     self._counts[key] = self._counts.get(key, 0) + count
 
     async def run(self, interval: float) -> None:
+        """Flush every ``interval`` until cancelled, then once more. A flush under way
+        when the cancellation comes is shielded from it and finished first: cut short,
+        it would have taken its aggregates out of the recorder and written nothing, or
+        written them without our knowing."""
+        flushing: asyncio.Future[None] | None = None
         try:
             while True:
                 await asyncio.sleep(interval)
-                await self.flush()
+                flushing = asyncio.ensure_future(self.flush())
+                await asyncio.shield(flushing)
         finally:
+            if flushing is not None:
+                await flushing
             await self.flush()
