@@ -1,13 +1,16 @@
 """The lean forwarder's per-upstream limit on exchanges at once: never exceeded,
 first come first served, and a waiter that gives up (a client that went away) takes
-no slot with it."""
+no slot with it. Its timeouts: each exchange ends at its own route's deadline, whatever
+else is in flight to the same upstream."""
 
 from __future__ import annotations
 
 import asyncio
 
 from gateway.config import AuthConfig, RouteConfig
-from gateway.proxy.lean import _Pool
+from gateway.errors import GatewayError
+from gateway.proxy.forward import UpstreamRequest
+from gateway.proxy.lean import LeanForwarder, _Pool
 from gateway.proxy.routes import build_route
 
 
@@ -60,3 +63,51 @@ async def test_a_cancelled_waiter_leaves_no_slot_taken() -> None:
     await asyncio.wait_for(p.acquire(loop), 1)
     p.release()
     assert p._busy == 0 and not p._queue
+
+
+async def test_each_exchange_ends_at_its_own_routes_deadline() -> None:
+    # an upstream that answers /fast at once and never answers anything else
+    writers: list[asyncio.StreamWriter] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        while line := await reader.readline():
+            while (await reader.readline()) not in (b"\r\n", b""):
+                pass
+            if b" /fast " in line:
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    upstream = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    patient, hasty = (build_route(RouteConfig(prefix=f"/{name}/", upstream=upstream,
+                                              timeout=timeout), AuthConfig())
+                      for name, timeout in (("patient", 3.0), ("hasty", 0.3)))
+    forwarder = LeanForwarder()
+    ended: list[str] = []
+
+    async def exchange(route, path: str) -> str:  # type: ignore[no-untyped-def]
+        try:
+            response = await forwarder.forward(
+                None, route, UpstreamRequest("GET", path, [], b""), [])  # type: ignore[arg-type]
+            outcome = str(response.status)
+        except GatewayError as exc:
+            outcome = exc.code
+        ended.append(path)
+        return outcome
+
+    try:
+        # the long deadline is watched first; the short one, later, must not wait for it
+        slow = asyncio.ensure_future(exchange(patient, "/patient"))
+        await asyncio.sleep(0.05)
+        assert await exchange(hasty, "/hasty") == "upstream_timeout"
+        assert not slow.done()
+        # a quick exchange meanwhile is not cut by anyone's deadline
+        assert await exchange(hasty, "/fast") == "200"
+        assert await slow == "upstream_timeout"
+        assert ended == ["/hasty", "/fast", "/patient"]
+    finally:
+        await forwarder.close()
+        server.close()
+        for writer in writers:
+            writer.close()
+        await server.wait_closed()
