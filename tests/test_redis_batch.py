@@ -109,6 +109,32 @@ async def test_a_stalled_redis_fails_the_batch_within_the_timeout() -> None:
         await server.wait_closed()
 
 
+async def test_a_redis_that_stalls_after_answering_fails_the_next_batch_in_time() -> None:
+    # the first batch is answered; the one sent after it, on the same connection, is not
+    async def answers_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(65536)
+        writer.write(b"+OK\r\n")
+        while await reader.read(65536):
+            pass
+        writer.close()
+
+    server = await asyncio.start_server(answers_once, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    tier = SharedTier(RedisConfig(url=f"redis://127.0.0.1:{port}/0", prefix="t:"), timeout=0.3)
+    try:
+        loop = asyncio.get_running_loop()
+        assert await asyncio.wait_for(tier.claim(secrets.token_bytes(16), 60), 5) is not None
+        await asyncio.sleep(0.2)  # inside the first batch's timeout, which was answered
+        started = loop.time()
+        with pytest.raises(RedisDown):
+            await asyncio.wait_for(tier.claim(secrets.token_bytes(16), 60), 5)
+        assert loop.time() - started < 2  # the tier's own timeout, not the guard above
+    finally:
+        await tier.close()
+        server.close()
+        await server.wait_closed()
+
+
 async def test_a_restarted_redis_that_forgot_the_script_recovers(tmp_path: Path) -> None:
     port, proc = private_redis(tmp_path)
     tier = SharedTier(RedisConfig(url=f"redis://127.0.0.1:{port}/0", prefix="t:"))

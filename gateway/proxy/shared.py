@@ -120,26 +120,13 @@ class _Batch:
 
     def _send(self, conn: RespConnection,
               batch: list[tuple[tuple[Any, ...], asyncio.Future[Any]]]) -> None:
-        loop = self._loop
-        assert loop is not None
-        replies = conn.execute([command for command, _ in batch], loop)
-        timer = loop.call_later(self._tier.timeout, self._expire, conn, replies)
-        replies.add_done_callback(lambda done: self._deliver(batch, done, timer))
+        def done(replies: list[Any] | BaseException) -> None:
+            if isinstance(replies, BaseException):
+                self._fail(batch, replies)
+            else:
+                self._settle(batch, replies)
 
-    @staticmethod
-    def _expire(conn: RespConnection, replies: asyncio.Future[list[Any]]) -> None:
-        if not replies.done():
-            replies.set_exception(TimeoutError("Redis did not answer in time"))
-            conn.close()  # late replies must not be read as the next batch's
-
-    def _deliver(self, batch: list[tuple[tuple[Any, ...], asyncio.Future[Any]]],
-                 done: asyncio.Future[list[Any]], timer: asyncio.TimerHandle) -> None:
-        timer.cancel()
-        exc = done.exception()
-        if exc is not None:
-            self._fail(batch, exc)
-            return
-        self._settle(batch, done.result())
+        conn.execute([command for command, _ in batch], done)
 
     async def _flush_cluster(self, batch: list[tuple[tuple[Any, ...], asyncio.Future[Any]]]
                              ) -> None:
