@@ -8,17 +8,36 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import hmac
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import NamedTuple
 
 from ..config import AuthConfig, RouteConfig
 from ..errors import SignatureError
 
-__all__ = ["Body", "Derived", "Policy", "Request", "Verified", "utf8"]
+__all__ = ["Body", "Derived", "Policy", "Request", "Verified", "hmac_sha256", "utf8"]
 
 # a secret's SigV4 signing keys, per (date, region, service)
 Derived = dict[tuple[str, str, str], bytes]
+
+
+def hmac_sha256(key: bytes, data: bytes) -> bytes:
+    """HMAC-SHA256 from a copy of a context keyed once: OpenSSL's one-shot HMAC looks
+    its algorithms up again on every call, which cost the gateway ~10 µs a request
+    under load (3.5 % of its CPU); copying a keyed context does not. The contexts are
+    a bounded LRU, not kept with each cached key (each is one more object for the
+    cyclic GC to walk): with more keys in use than it holds, a miss costs ~3 µs more
+    than the one-shot call."""
+    mac = _keyed(key).copy()
+    mac.update(data)
+    return mac.digest()
+
+
+@lru_cache(maxsize=4096)  # bounded: each keyed context is one more object for the GC
+def _keyed(key: bytes) -> hmac.HMAC:
+    return hmac.new(key, digestmod="sha256")
 
 
 def utf8(text: str) -> bytes:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from urllib.parse import parse_qsl, quote, unquote
 
 from ..errors import SignatureError
-from .message import Body, Derived, Policy, Request, Verified, utf8
+from .message import Body, Derived, Policy, Request, Verified, hmac_sha256, utf8
 from .sfv import InnerList, Item, SFVError, Token, parse_dictionary, serialize_inner_list, \
     serialize_item
 
@@ -158,7 +158,7 @@ class RFC9421Auth:
     def verify_mac(self, secret: bytes) -> None:
         """The cryptographic check alone (RFC 9421 §3.2), without the coverage policy."""
         base = utf8(self.signature_base())
-        expected = hmac.new(secret, base, hashlib.sha256).digest()
+        expected = hmac_sha256(secret, base)
         if not hmac.compare_digest(expected, self.signature):
             raise SignatureError("signature_invalid", "the signature does not match the request")
 

@@ -22,7 +22,7 @@ from functools import lru_cache
 from urllib.parse import quote_from_bytes, unquote_to_bytes
 
 from ..errors import SignatureError
-from .message import Body, Derived, Policy, Request, Verified, utf8
+from .message import Body, Derived, Policy, Request, Verified, hmac_sha256, utf8
 
 __all__ = [
     "ALGORITHM",
@@ -182,14 +182,15 @@ class SigV4Auth:
         service) — a key cache keeps one per key, so that however many keys are in use,
         each derives its signing key once a day instead of thrashing a shared LRU. It
         holds bytes, not keyed HMAC objects: a dict of bytes is invisible to the cyclic
-        garbage collector, which would otherwise walk two more objects per cached key."""
+        garbage collector, which would otherwise walk two more objects per cached key
+        (the keyed contexts of :func:`hmac_sha256` are a bounded LRU instead)."""
         scope = (self.amz_date[:8], self.region, self.service)
         key = None if derived is None else derived.get(scope)
         if key is None:
             key = signing_key(secret, *scope)
             if derived is not None:
                 derived[scope] = key
-        expected = hmac.digest(key, self.string_to_sign(body).encode("ascii"), "sha256")
+        expected = hmac_sha256(key, self.string_to_sign(body).encode("ascii"))
         if not hmac.compare_digest(expected.hex().encode("ascii"),
                                    self.signature.encode("ascii")):
             raise SignatureError("signature_invalid", "the signature does not match the request")
