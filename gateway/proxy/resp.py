@@ -18,7 +18,7 @@ from typing import Any
 import hiredis
 from redis.connection import SSLConnection, parse_url
 
-__all__ = ["Done", "RespConnection"]
+__all__ = ["RespConnection"]
 
 ReplyError = hiredis.ReplyError  # an error reply: returned in its command's place
 
