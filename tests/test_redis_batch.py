@@ -7,10 +7,12 @@ timeout, never a hang or a wrong answer."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import shutil
 import subprocess
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -83,6 +85,21 @@ async def test_a_wrong_password_is_a_failed_batch_not_an_answer(tmp_path: Path) 
         proc.wait()
 
 
+@contextlib.asynccontextmanager
+async def fake_redis(serve: Callable[[asyncio.StreamReader, asyncio.StreamWriter],
+                                     Awaitable[None]]) -> AsyncIterator[SharedTier]:
+    """A tier with a 0.3 s timeout, talking to a server of the test's own (``serve``)."""
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    tier = SharedTier(RedisConfig(url=f"redis://127.0.0.1:{port}/0", prefix="t:"), timeout=0.3)
+    try:
+        yield tier
+    finally:
+        await tier.close()
+        server.close()
+        await server.wait_closed()
+
+
 async def test_a_stalled_redis_fails_the_batch_within_the_timeout() -> None:
     closed = asyncio.Event()
 
@@ -92,10 +109,7 @@ async def test_a_stalled_redis_fails_the_batch_within_the_timeout() -> None:
         closed.set()  # the gateway gave the connection up
         writer.close()
 
-    server = await asyncio.start_server(mute, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    tier = SharedTier(RedisConfig(url=f"redis://127.0.0.1:{port}/0", prefix="t:"), timeout=0.3)
-    try:
+    async with fake_redis(mute) as tier:
         loop = asyncio.get_running_loop()
         started = loop.time()
         with pytest.raises(RedisDown):
@@ -103,10 +117,6 @@ async def test_a_stalled_redis_fails_the_batch_within_the_timeout() -> None:
         assert loop.time() - started < 2  # the tier's own timeout, not the guard above
         assert not tier.healthy
         await asyncio.wait_for(closed.wait(), 5)  # late replies can reach nobody
-    finally:
-        await tier.close()
-        server.close()
-        await server.wait_closed()
 
 
 async def test_a_redis_that_stalls_after_answering_fails_the_next_batch_in_time() -> None:
@@ -118,10 +128,7 @@ async def test_a_redis_that_stalls_after_answering_fails_the_next_batch_in_time(
             pass
         writer.close()
 
-    server = await asyncio.start_server(answers_once, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    tier = SharedTier(RedisConfig(url=f"redis://127.0.0.1:{port}/0", prefix="t:"), timeout=0.3)
-    try:
+    async with fake_redis(answers_once) as tier:
         loop = asyncio.get_running_loop()
         assert await asyncio.wait_for(tier.claim(secrets.token_bytes(16), 60), 5) is not None
         await asyncio.sleep(0.2)  # inside the first batch's timeout, which was answered
@@ -129,10 +136,6 @@ async def test_a_redis_that_stalls_after_answering_fails_the_next_batch_in_time(
         with pytest.raises(RedisDown):
             await asyncio.wait_for(tier.claim(secrets.token_bytes(16), 60), 5)
         assert loop.time() - started < 2  # the tier's own timeout, not the guard above
-    finally:
-        await tier.close()
-        server.close()
-        await server.wait_closed()
 
 
 async def test_a_restarted_redis_that_forgot_the_script_recovers(tmp_path: Path) -> None:
