@@ -108,6 +108,16 @@ def canonical_query(query: str | None, *, presigned: bool = False) -> str:
     return "&".join(f"{k}={v}" for k, v in pairs)
 
 
+_CACHED_TARGET = 1024  # longer targets are canonicalised afresh: the cache stays small
+
+
+@lru_cache(maxsize=1024)  # a client calls the same few targets again and again
+def _canonical_target(target: str, presigned: bool) -> tuple[str, str]:
+    """The canonical URI and query of a raw request target."""
+    path, _, query = target.partition("?")
+    return canonical_uri(path), canonical_query(query, presigned=presigned)
+
+
 @lru_cache(maxsize=4096)
 def signing_key(secret: bytes, date: str, region: str, service: str) -> bytes:
     """The HMAC chain ``"AWS4"+secret → date → region → service → "aws4_request"``.
@@ -158,8 +168,10 @@ class SigV4Auth:
 
     def canonical_request(self, body: Body) -> str:
         req = self.request
-        path, _, query = req.target.partition("?")
-        lines = [req.method, canonical_uri(path), canonical_query(query, presigned=self.presigned)]
+        target = req.target
+        lines = [req.method, *(_canonical_target(target, self.presigned)
+                               if len(target) <= _CACHED_TARGET else
+                               _canonical_target.__wrapped__(target, self.presigned))]
         index = req._index
         for name in self.signed_headers:
             values = [req.host() or ""] if name == "host" else index[name]
