@@ -111,6 +111,7 @@ def response_headers(received: Iterable[tuple[str, str]]) -> Headers:
 
 _RAW_HOP_BY_HOP = frozenset(n.encode("ascii") for n in HOP_BY_HOP)
 _RAW_DROP = {True: _RAW_HOP_BY_HOP, False: _RAW_HOP_BY_HOP | {b"content-length"}}
+_PLAIN_CONNECTION = frozenset({b"keep-alive", b"close"})  # name no other header
 
 
 def raw_response_headers(received: Sequence[tuple[bytes, bytes]], *, keep_length: bool
@@ -126,7 +127,7 @@ def raw_response_headers(received: Sequence[tuple[bytes, bytes]], *, keep_length
     for name, value in received:
         lname = name.lower()
         if lname in drop:
-            if lname == b"connection":
+            if lname == b"connection" and value.lower() not in _PLAIN_CONNECTION:
                 named.update({t.strip().lower() for t in value.split(b",")} - drop)
             continue
         dated = dated or lname == b"date"

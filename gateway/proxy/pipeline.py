@@ -122,7 +122,8 @@ class DataPlane:
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         now = time.time()
         offered = request.headers.get("X-Request-Id", "")
-        request_id = offered if _REQUEST_ID.fullmatch(offered) else self._new_request_id()
+        request_id = (offered if offered and _REQUEST_ID.fullmatch(offered)
+                      else self._new_request_id())
         response, record = await self._handle(request, now, request_id)
         elapsed = time.time() - now
         self.counters.observe(elapsed)
