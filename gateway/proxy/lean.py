@@ -159,11 +159,15 @@ class _Connection(asyncio.Protocol):
             return
         self.status = status
         self.keep_alive = self._parser.should_keep_alive()
-        names = {n.lower(): v for n, v in self.headers}
-        length = names.get(b"content-length")
+        length = None
+        chunked = False
+        for name, value in self.headers:  # (the length check spares most names a lower())
+            if len(name) == 14 and name.lower() == b"content-length":
+                length = value
+            elif len(name) == 17 and name.lower() == b"transfer-encoding":
+                chunked = True
         self.content_length = int(length) if length is not None and length.isdigit() else -1
-        self.close_delimited = (length is None and b"transfer-encoding" not in names
-                                and status not in (204, 304))
+        self.close_delimited = length is None and not chunked and status not in (204, 304)
         if self._head is not None and not self._head.done():
             self._head.set_result(None)
 
