@@ -169,9 +169,9 @@ class SigV4Auth:
     def canonical_request(self, body: Body) -> str:
         req = self.request
         target = req.target
-        lines = [req.method, *(_canonical_target(target, self.presigned)
-                               if len(target) <= _CACHED_TARGET else
-                               _canonical_target.__wrapped__(target, self.presigned))]
+        canonical = (_canonical_target if len(target) <= _CACHED_TARGET
+                     else _canonical_target.__wrapped__)
+        lines = [req.method, *canonical(target, self.presigned)]
         index = req._index
         for name in self.signed_headers:
             values = [req.host() or ""] if name == "host" else index[name]
