@@ -87,7 +87,8 @@ def table(result: dict[str, Any]) -> str:
         lines.append(f"ratio {name}: {value:.2f}")
     for t in result["targets_check"]:
         verdict = "reported" if t["met"] is None else "MET" if t["met"] else "MISSED"
-        lines.append(f"target {t['target']}: {t['value']} ({verdict}, limit {t['limit']})")
+        limit = "" if t["limit"] is None else f", limit {t['limit']}"
+        lines.append(f"target {t['target']}: {t['value']} ({verdict}{limit})")
     for c in result["access_log_check"]:
         lines.append(f"accounting {c['target']}: sent {c['sent']:,}, completed "
                      f"{c['completed']:,}, access-log lines {c['access_log_lines']:,} "

@@ -341,17 +341,30 @@ def open_medians(load: Load) -> list[dict[str, Any]]:
 
 
 def latency_added(loads: list[Load]) -> list[dict[str, Any]]:
-    """p99 added by the gateway over the bare proxy at 50 % of the bare proxy's max
-    (medians over the rounds)."""
+    """The gateway's p99 against the bare proxy's at 50 % of the bare proxy's max
+    (medians over the rounds): issue 8 allows 1 ms more, issue 12 none. The rounds are
+    interleaved, so each round's two points saw the same machine: how many of them the
+    gateway was lower in is reported beside (a median of a few rounds hides a tie)."""
     by = {ld.label: ld for ld in loads}
     if "gateway" not in by or "bare" not in by:
         return []
     for g, b in zip(open_medians(by["gateway"]), open_medians(by["bare"])):
-        if b["fraction_of_bare_max"] == 0.5:
-            added = (g["latency_us"]["p99"] - b["latency_us"]["p99"]) / 1000
-            return [{"target": "p99 added by the gateway over the bare proxy at 50 % of its "
-                     "max throughput ≤ 1 ms (open loop, ms)", "value": round(added, 3),
-                     "limit": 1.0, "met": added <= 1.0}]
+        if b["fraction_of_bare_max"] != 0.5:
+            continue
+        added = (g["latency_us"]["p99"] - b["latency_us"]["p99"]) / 1000
+        rounds = [(gr["latency_us"]["p99"], br["latency_us"]["p99"])
+                  for gr, br in zip(by["gateway"].open, by["bare"].open)
+                  if br.get("fraction_of_bare_max") == 0.5]
+        name = "p99 added by the gateway over the bare proxy at 50 % of its max throughput"
+        return [
+            {"target": f"{name} ≤ 1 ms (open loop, ms)", "value": round(added, 3),
+             "limit": 1.0, "met": added <= 1.0},
+            {"target": f"{name} ≤ 0: no worse than the bare proxy (open loop, ms)",
+             "value": round(added, 3), "limit": 0.0, "met": added <= 0.0},
+            {"target": f"reported: of {len(rounds)} rounds at 50 %, those in which the "
+             "gateway's p99 was below the bare proxy's", "value": sum(gp < bp for gp, bp in rounds),
+             "limit": None, "met": None},
+        ]
     return []
 
 
