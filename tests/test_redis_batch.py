@@ -86,7 +86,7 @@ async def test_a_wrong_password_is_a_failed_batch_not_an_answer(tmp_path: Path) 
 
 
 @contextlib.asynccontextmanager
-async def fake_redis(serve: Callable[[asyncio.StreamReader, asyncio.StreamWriter],
+async def tier_against_own_server(serve: Callable[[asyncio.StreamReader, asyncio.StreamWriter],
                                      Awaitable[None]]) -> AsyncIterator[SharedTier]:
     """A tier with a 0.3 s timeout, talking to a server of the test's own (``serve``)."""
     server = await asyncio.start_server(serve, "127.0.0.1", 0)
@@ -109,7 +109,7 @@ async def test_a_stalled_redis_fails_the_batch_within_the_timeout() -> None:
         closed.set()  # the gateway gave the connection up
         writer.close()
 
-    async with fake_redis(mute) as tier:
+    async with tier_against_own_server(mute) as tier:
         loop = asyncio.get_running_loop()
         started = loop.time()
         with pytest.raises(RedisDown):
@@ -128,7 +128,7 @@ async def test_a_redis_that_stalls_after_answering_fails_the_next_batch_in_time(
             pass
         writer.close()
 
-    async with fake_redis(answers_once) as tier:
+    async with tier_against_own_server(answers_once) as tier:
         loop = asyncio.get_running_loop()
         assert await asyncio.wait_for(tier.claim(secrets.token_bytes(16), 60), 5) is not None
         await asyncio.sleep(0.2)  # inside the first batch's timeout, which was answered
